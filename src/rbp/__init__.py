@@ -1,7 +1,18 @@
-"""rbp: learning with random backpropagation and the deep learning channel."""
+"""rbp: learning with random backpropagation and the deep learning channel.
 
+>>> import rbp, torch
+>>> net = rbp.convert(rbp.mlp([784, 100, 10]), "srbp", seed=0)
+>>> # train with any torch.optim optimizer: .grad holds SRBP's direction
+"""
+
+from .channel import ALGORITHMS, DESCRIPTIONS, Algorithm, algorithm, quantize
 from .errors import ConfigError, DataError, RBPError, UnsupportedModelError
+from .models import mlp
+from .nn import FeedbackLinear, convert
 
 __version__ = "0.1.0"
 
-__all__ = ["RBPError", "ConfigError", "DataError", "UnsupportedModelError", "__version__"]
+__all__ = [
+    "ALGORITHMS", "DESCRIPTIONS", "Algorithm", "algorithm", "quantize", "convert", "mlp",
+    "FeedbackLinear", "RBPError", "ConfigError", "DataError", "UnsupportedModelError", "__version__",
+]

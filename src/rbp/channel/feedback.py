@@ -1,0 +1,129 @@
+"""How the learning channel's matrices are made (paper 1, sections 3 and 4.2).
+
+A *feedback* matrix is stored in the orientation of the forward weight it
+stands in for: for chained routes the matrix of layer h has the shape of W^h
+(out x in) and the signal travels down as ``g @ B``; for the skipped route the
+matrix held by layer h+1 has shape (N_L x N_h) and carries the output error
+straight to layer h.  Either way the *receiving* side is the last dimension,
+so the backward fan-out of a sending neuron is ``shape[-1]``.
+
+Distributions (all zero mean except ``nonzero-mean``):
+
+========================  ==========================================================
+``glorot-normal``         N(0, 2/(fan_in+fan_out)), like the forward weights (default)
+``uniform``               U(-a, a), a = sqrt(6/(fan_in+fan_out)) (same variance)
+``nonzero-mean``          glorot-normal shifted by one standard deviation
+``ternary``               {-1, 0, +1} with probability 1/3 each, scaled to the
+                          glorot-normal variance
+``congruent``             |glorot-normal| with the sign of the corresponding
+                          forward weight at initialisation
+``sparse-N``              Bernoulli(N / fan-out) entries in {0, 1}; chained
+                          routes scale by 1/N, the skipped route does not
+``resampled``             glorot-normal, drawn afresh at every minibatch
+``sign-concordant``       |glorot-normal| with the sign of the *current* forward
+                          weight, drawn afresh at every minibatch (Liao et al.)
+========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+
+DISTRIBUTIONS = (
+    "glorot-normal",
+    "uniform",
+    "nonzero-mean",
+    "ternary",
+    "congruent",
+    "sparse-N",
+    "resampled",
+    "sign-concordant",
+)
+
+_SPARSE = re.compile(r"^sparse-(\d+)$")
+
+
+@dataclass(frozen=True)
+class FeedbackSpec:
+    """A parsed feedback distribution."""
+
+    kind: str                 # one of DISTRIBUTIONS, with sparse-N stored as "sparse"
+    sparsity: int | None = None
+
+    @property
+    def resampled(self) -> bool:
+        """True when the matrix is drawn afresh at every minibatch."""
+        return self.kind in ("resampled", "sign-concordant")
+
+    @property
+    def needs_forward_sign(self) -> bool:
+        return self.kind in ("congruent", "sign-concordant")
+
+    def __str__(self) -> str:
+        return f"sparse-{self.sparsity}" if self.kind == "sparse" else self.kind
+
+
+def parse(text: str) -> FeedbackSpec:
+    """Parse a distribution name such as ``"glorot-normal"`` or ``"sparse-8"``."""
+    if not isinstance(text, str):
+        raise ConfigError(f"feedback must be a string, got {type(text).__name__}")
+    m = _SPARSE.match(text)
+    if m:
+        return FeedbackSpec("sparse", int(m.group(1)))
+    if text in DISTRIBUTIONS and text != "sparse-N":
+        return FeedbackSpec(text)
+    raise ConfigError(
+        f"unknown feedback distribution {text!r}; choose one of "
+        + ", ".join(d if d != "sparse-N" else "sparse-N (N = 0, 1, 2, ...)" for d in DISTRIBUTIONS)
+    )
+
+
+def glorot_std(shape) -> float:
+    """Glorot & Bengio's scaled-normal standard deviation for a matrix of this shape."""
+    fan_out, fan_in = shape[-2], shape[-1]
+    return math.sqrt(2.0 / (fan_in + fan_out))
+
+
+def sample(spec: FeedbackSpec, shape, *, chained: bool, generator: torch.Generator | None = None,
+           forward_sign: torch.Tensor | None = None, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Draw one feedback matrix of ``shape`` (2-D) from ``spec``.
+
+    ``chained`` selects the 1/N scaling of sparse matrices (chained RBP only).
+    ``forward_sign`` is the sign pattern of the forward weights the matrix stands
+    in for (needed by ``congruent`` and ``sign-concordant``).
+    """
+    kw = dict(generator=generator, dtype=dtype, device=device)
+    std = glorot_std(shape)
+    kind = spec.kind
+    if kind in ("glorot-normal", "resampled"):
+        return torch.randn(shape, **kw).mul_(std)
+    if kind == "uniform":
+        a = math.sqrt(3.0) * std
+        return torch.rand(shape, **kw).mul_(2 * a).sub_(a)
+    if kind == "nonzero-mean":
+        return torch.randn(shape, **kw).mul_(std).add_(std)
+    if kind == "ternary":
+        t = torch.randint(-1, 2, shape, generator=generator, device=device).to(dtype)
+        return t.mul_(std * math.sqrt(1.5))
+    if kind in ("congruent", "sign-concordant"):
+        if forward_sign is None:
+            raise ConfigError(f"feedback {kind!r} needs the forward weights it mirrors")
+        mag = torch.randn(shape, **kw).abs_().mul_(std)
+        sign = torch.sign(forward_sign).to(dtype)
+        sign[sign == 0] = 1.0
+        return mag.mul_(sign)
+    if kind == "sparse":
+        n = spec.sparsity
+        fan_out = shape[-1]
+        p = n / fan_out
+        m = torch.rand(shape, **kw).lt_(p).to(dtype)
+        if chained and n > 0:
+            m.div_(n)
+        return m
+    raise ConfigError(f"unknown feedback distribution {spec}")  # pragma: no cover

@@ -1,0 +1,61 @@
+"""Random number streams of a network: one generator per ensemble member.
+
+Every network (and every member of an ensemble) owns its own generators, so a
+member of an ensemble draws exactly the numbers the same network would draw
+when trained alone with the same seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# Independent streams derived from one seed.
+STREAMS = {"init": 0, "feedback": 1, "noise": 2, "data": 3}
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for ``stream`` derived from a user seed (stable across versions)."""
+    ss = np.random.SeedSequence(int(seed) & (2**64 - 1), spawn_key=(STREAMS[stream],))
+    return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def generator(seed: int | None, stream: str, device="cpu") -> torch.Generator | None:
+    """A generator for ``stream``; ``None`` (use torch's global RNG) when seed is None."""
+    if seed is None:
+        return None
+    g = torch.Generator(device=device)
+    g.manual_seed(derive_seed(seed, stream))
+    return g
+
+
+class Noise:
+    """The learning channel's source of randomness (dropout masks, resampled feedback).
+
+    ``seeds`` holds one seed per ensemble member (a single network has one);
+    ``None`` entries fall back on torch's global generator.
+    """
+
+    def __init__(self, seeds, ensemble: bool):
+        self.seeds = list(seeds)
+        self.ensemble = ensemble
+        self._gens: dict[str, list] = {}
+
+    def generators(self, device) -> list:
+        key = str(torch.device(device))
+        if key not in self._gens:
+            self._gens[key] = [generator(s, "noise", device) for s in self.seeds]
+        return self._gens[key]
+
+    def per_member(self, fn, device):
+        """Call ``fn(generator)`` once per member; stack the results for an ensemble."""
+        gens = self.generators(device)
+        if not self.ensemble:
+            return fn(gens[0])
+        return torch.stack([fn(g) for g in gens])
+
+    def keep_mask(self, shape, p: float, dtype, device) -> torch.Tensor:
+        """Dropout mask with survivors scaled by 1/(1-p); ``shape`` excludes the ensemble dim."""
+        def draw(g):
+            return torch.rand(shape, generator=g, device=device, dtype=dtype).ge_(p).to(dtype)
+        return self.per_member(draw, device).mul_(1.0 / (1.0 - p))

@@ -1,0 +1,194 @@
+"""The ``rbp`` command.  Thin: it parses, calls the library, and prints.
+
+Errors a user can cause (``RBPError``) print one line on stderr and exit with
+status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+from . import __version__
+from .errors import ConfigError, RBPError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + message
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _int_list(text):
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _probability(text):
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def add_algorithm_options(p: argparse.ArgumentParser):
+    """The learning-channel options shared by every command that trains."""
+    g = p.add_argument_group("learning channel")
+    g.add_argument("--algorithm", "-a", default="bp",
+                   help="bp, sbp, rbp, srbp, arbp, asrbp or top (default bp)")
+    g.add_argument("--feedback", default=None,
+                   help="feedback distribution: glorot-normal (default), uniform, nonzero-mean, ternary, "
+                        "congruent, sparse-N, resampled, sign-concordant")
+    g.add_argument("--no-derivative", action="store_true", help="omit f' in the learning channel (\"no f'\")")
+    g.add_argument("--quantize-error", type=int, metavar="BITS", help="quantize the error signal (Eq. 19, alpha 2^-3)")
+    g.add_argument("--quantize-update", type=int, metavar="BITS",
+                   help="quantize each example's weight update (Eq. 19, alpha 2^-6)")
+    g.add_argument("--lc-dropout", type=_probability, default=0.0, metavar="P",
+                   help="learning-channel dropout probability in [0, 1)")
+    g.add_argument("--update", choices=["full", "sign", "magnitude"], default="full",
+                   help="keep the full hidden-layer update, only its sign, or only its magnitude")
+    g.add_argument("--adapt-rate", type=float, default=None,
+                   help="feedback adaptation rate relative to the forward rate (arbp/asrbp, default 0.1)")
+
+
+def algorithm_from_args(args):
+    from .channel.algorithm import algorithm
+    return algorithm(args.algorithm, feedback=args.feedback, derivative=not args.no_derivative,
+                     quantize_error=args.quantize_error, quantize_update=args.quantize_update,
+                     dropout=args.lc_dropout, update=args.update, adapt_rate=args.adapt_rate)
+
+
+def _cmd_train(args) -> int:
+    from .data import DATASETS, load
+    from .results import write_run_dir
+    from .train import TrainSpec, train
+
+    alg = algorithm_from_args(args)
+    if args.dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+    spec = TrainSpec(dataset=args.dataset, algorithm=alg, hidden=args.hidden, activation=args.activation,
+                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, decay=args.decay,
+                     momentum=args.momentum, device=args.device, driver=args.driver,
+                     frozen=args.freeze).validate()
+    if args.out and os.path.exists(args.out) and os.listdir(args.out):
+        raise ConfigError(f"output directory {args.out} exists and is not empty; choose another --out")
+    ds = load(args.dataset, data_dir=args.data_dir)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    n_steps = -(-ds.n_train // spec.batch_size) * spec.epochs * (1 if not args.no_ensemble else len(seeds))
+
+    from tqdm import tqdm
+    bar = tqdm(total=n_steps, unit="step", disable=args.quiet or None, leave=False, file=sys.stderr)
+    per_epoch: dict[int, list] = {}
+
+    def on_epoch(records):
+        for r in records:
+            per_epoch.setdefault(r.epoch, []).append(r)
+        rs = per_epoch[records[0].epoch]
+        if len(rs) == len(seeds) and not args.quiet:
+            tr = [r.train_accuracy for r in rs]
+            te = [r.test_accuracy for r in rs]
+            sd = f" (sd {statistics.stdev(te):.4f})" if len(te) > 1 else ""
+            bar.write(f"epoch {rs[0].epoch:3d}/{spec.epochs}  train acc {statistics.fmean(tr):.4f}  "
+                      f"test acc {statistics.fmean(te):.4f}{sd}  {rs[0].seconds:.2f} s")
+
+    histories = train(spec, seeds, dataset=ds, ensemble=not args.no_ensemble,
+                      on_step=bar.update, on_epoch=on_epoch)
+    bar.close()
+    finals = [h[-1] for h in histories]
+    te = [r.test_accuracy for r in finals]
+    tr = [r.train_accuracy for r in finals]
+    summary = {
+        "algorithm": alg.name, "options": alg.options(), "label": alg.describe(), "dataset": args.dataset,
+        "epochs": spec.epochs, "seeds": len(seeds),
+        "test_accuracy": statistics.fmean(te), "test_accuracy_sd": statistics.stdev(te) if len(te) > 1 else 0.0,
+        "train_accuracy": statistics.fmean(tr), "train_accuracy_sd": statistics.stdev(tr) if len(tr) > 1 else 0.0,
+        "test_loss": statistics.fmean(r.test_loss for r in finals),
+        "seconds": sum(r.seconds / r.ensemble for h in histories for r in h),
+        "diverged": sum(r.diverged for r in finals),
+        "per_seed": [{"seed": r.seed, "test_accuracy": r.test_accuracy, "train_accuracy": r.train_accuracy}
+                     for r in finals],
+    }
+    if args.out:
+        write_run_dir(args.out, spec, seeds, histories, summary, ds.checksums)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{alg.describe()} on {args.dataset}: test accuracy {summary['test_accuracy']:.4f}"
+              + (f" (sd {summary['test_accuracy_sd']:.4f})" if len(seeds) > 1 else "")
+              + f", train accuracy {summary['train_accuracy']:.4f}, {len(seeds)} seed(s), "
+                f"{spec.epochs} epochs, {summary['seconds']:.1f} s")
+    return 0
+
+
+def _cmd_algorithms(args) -> int:
+    from .channel.algorithm import ALGORITHMS, DESCRIPTIONS
+    for name in ALGORITHMS:
+        print(f"{name:6s} {DESCRIPTIONS[name]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="rbp", description="Random backpropagation and the deep learning channel.")
+    p.add_argument("--version", action="version", version=f"rbp {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train networks with an algorithm of the RBP family")
+    t.add_argument("--dataset", "-d", default="digits", help="digits (bundled), mnist, fashion-mnist, cifar10")
+    add_algorithm_options(t)
+    g = t.add_argument_group("protocol (defaults: paper 1's MNIST protocol)")
+    g.add_argument("--epochs", type=int, default=100)
+    g.add_argument("--seeds", type=int, default=1, help="number of networks (seeds SEED, SEED+1, ...)")
+    g.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    g.add_argument("--batch-size", type=int, default=100)
+    g.add_argument("--lr", type=float, default=0.1)
+    g.add_argument("--decay", type=float, default=1e-6, help="lr_t = lr / (1 + decay * t)")
+    g.add_argument("--momentum", type=float, default=0.0)
+    g.add_argument("--hidden", type=_int_list, default=(100, 100, 100, 100), help="hidden sizes, e.g. 100,100")
+    g.add_argument("--activation", default="tanh", help="tanh, relu, logistic or linear")
+    g.add_argument("--freeze", type=_int_list, default=(), help="1-based weight layers kept fixed, e.g. 1,2")
+    r = t.add_argument_group("running")
+    r.add_argument("--device", default="cpu", help="cpu or cuda")
+    r.add_argument("--data-dir", default=None, help="where the datasets are (else $RBP_DATA_DIR, the cache)")
+    r.add_argument("--out", default=None, help="directory for results (must not exist or be empty)")
+    r.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-epoch lines")
+    r.add_argument("--no-ensemble", action="store_true", help="train the seeds one after another")
+    r.add_argument("--driver", default="fused", choices=["fused", "autograd"],
+                   help="fused (fast, default) or autograd (same numbers, via loss.backward())")
+    t.set_defaults(func=_cmd_train)
+
+    a = sub.add_parser("algorithms", help="list the algorithms")
+    a.set_defaults(func=_cmd_algorithms)
+
+    try:
+        from .theory.cli import register as register_theory
+    except ImportError:  # pragma: no cover - theory module not installed
+        register_theory = None
+    if register_theory is not None:
+        register_theory(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except RBPError as e:
+        msg = str(e)
+        if not msg.startswith("rbp"):
+            msg = f"rbp: error: {msg}"
+        print(msg.splitlines()[0] if msg else "rbp: error", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rbp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

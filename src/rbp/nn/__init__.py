@@ -1,0 +1,7 @@
+"""How the learning channel attaches to torch modules."""
+
+from .activations import ACTIVATIONS, NoDerivative
+from .convert import LearningChannel, convert
+from .layers import FeedbackLinear, StackedLinear
+
+__all__ = ["ACTIVATIONS", "NoDerivative", "LearningChannel", "convert", "FeedbackLinear", "StackedLinear"]

@@ -1,0 +1,164 @@
+"""Layers served by the learning channel.
+
+:class:`FeedbackLinear` is a linear layer whose backward pass is the learning
+channel's (:func:`rbp.channel.backward.site_backward`) instead of autograd's.
+With ``ensemble=K`` it holds K independent networks' weights, shape
+(K, out, in), and expects inputs of shape (K, batch, in): every operation is
+one batched matmul over the ensemble.
+
+:class:`StackedLinear` is the plain (backprop) ensemble layer that
+:func:`rbp.mlp` builds for ensembles before conversion.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..channel.backward import Pass, site_backward
+
+_CHUNK_ELEMENTS = 1 << 24  # per-example updates are formed in chunks of at most this many numbers
+
+
+class _SiteFunction(torch.autograd.Function):
+    """Forward: the layer's ordinary affine map.  Backward: the learning channel."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, fbk, site, pas, position):
+        ctx.site, ctx.pas, ctx.position = site, pas, position
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, weight, fbk)
+        return site.affine(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, fbk = ctx.saved_tensors
+        J, gW, gb, gF = site_backward(ctx.site, ctx.pas, ctx.position, g, x, weight, fbk,
+                                      ctx.needs_input_grad[:4])
+        return J, gW, gb, gF, None, None, None
+
+
+class LinearOps:
+    """The tensor algebra of a (possibly ensembled) linear site.
+
+    Shapes: single network, x (..., in), W (out, in); ensemble, x (K, ..., in),
+    W (K, out, in).  ``g`` has the shape of the layer's output.
+    """
+
+    ensemble: int | None
+
+    def affine(self, x, weight, bias):
+        if not self.ensemble:
+            return F.linear(x, weight, bias)
+        K = weight.shape[0]
+        x3 = x.reshape(K, -1, x.shape[-1])
+        wt = weight.transpose(1, 2)
+        out = torch.bmm(x3, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), x3, wt)
+        return out.view(*x.shape[:-1], weight.shape[1])
+
+    def _rows2(self, t):
+        return t.reshape(t.shape[0], -1, t.shape[-1]) if self.ensemble else t.reshape(-1, t.shape[-1])
+
+    def rows(self, g) -> int:
+        """Examples per network in the batch."""
+        n = g.numel() // g.shape[-1]
+        return n // g.shape[0] if self.ensemble else n
+
+    def grad_weight(self, g, x):
+        g2, x2 = self._rows2(g), self._rows2(x)
+        return g2.transpose(-1, -2) @ x2
+
+    grad_skip = grad_weight  # dLoss/dC for ASRBP: E^L (O^h)^T in C's orientation
+
+    def grad_bias(self, g):
+        return self._rows2(g).sum(-2)
+
+    def grad_input(self, g, matrix, x):
+        return g @ matrix
+
+    def skip(self, error, matrix, x):
+        return (error @ matrix).reshape(x.shape)
+
+    def per_example_update(self, g, x, q, scale):
+        """(1/scale) sum_n q(scale * g_n x_n^T): each example's update quantized before the sum."""
+        g2, x2 = self._rows2(g), self._rows2(x)
+        n, out, inp = g2.shape[-2], g2.shape[-1], x2.shape[-1]
+        lead = g2.shape[:-2]
+        gW = g2.new_zeros(*lead, out, inp)
+        step = max(1, _CHUNK_ELEMENTS // max(1, out * inp * (lead[0] if lead else 1)))
+        for i in range(0, n, step):
+            gi, xi = g2[..., i:i + step, :] * scale, x2[..., i:i + step, :]
+            gW += q(gi.unsqueeze(-1) * xi.unsqueeze(-2)).sum(-3)
+        gb = q(g2 * scale).sum(-2) if self.bias is not None else None
+        return gW.div_(scale), (None if gb is None else gb.div_(scale))
+
+
+class FeedbackLinear(LinearOps, nn.Module):
+    """A linear layer trained by the learning channel of ``channel.algorithm``.
+
+    Attributes: ``weight`` (out, in) or (K, out, in); ``bias``; ``feedback``: the
+    learning channel's matrix for this layer's input (a buffer, or a parameter for
+    adaptive algorithms; ``None`` for the first layer, for symmetric feedback and
+    for top-layer-only), shape like ``weight`` for chained routes and
+    (N_L, in) or (K, N_L, in) for the skipped route.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, ensemble=None, device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features, self.ensemble = in_features, out_features, ensemble
+        lead = (ensemble,) if ensemble else ()
+        kw = dict(device=device, dtype=dtype)
+        self.weight = nn.Parameter(torch.empty(*lead, out_features, in_features, **kw))
+        self.bias = nn.Parameter(torch.zeros(*lead, out_features, **kw)) if bias else None
+        self.register_buffer("feedback", None)
+        self.channel = None  # set by rbp.convert: the shared LearningChannel
+
+    @property
+    def algorithm(self):
+        return self.channel.algorithm
+
+    def set_feedback(self, tensor: torch.Tensor | None, adaptive: bool):
+        """Install this layer's learning-channel matrix (as state of the model)."""
+        self._parameters.pop("feedback", None)
+        self._buffers.pop("feedback", None)
+        self.__dict__.pop("feedback", None)
+        if adaptive and tensor is not None:
+            self.register_parameter("feedback", nn.Parameter(tensor))
+        else:
+            self.register_buffer("feedback", tensor)
+
+    def forward(self, x):
+        if self.channel is None:  # not converted: plain backprop
+            return self.affine(x, self.weight, self.bias)
+        pas = self.channel.current_pass()
+        position = pas.enter(self)
+        return _SiteFunction.apply(x, self.weight, self.bias, self.feedback, self, pas, position)
+
+    def extra_repr(self):
+        ens = f", ensemble={self.ensemble}" if self.ensemble else ""
+        alg = f", algorithm={self.channel.algorithm.describe()}" if self.channel is not None else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, " \
+               f"bias={self.bias is not None}{ens}{alg}"
+
+
+class StackedLinear(LinearOps, nn.Module):
+    """K independent linear layers applied as one batched matmul (plain autograd)."""
+
+    def __init__(self, ensemble, in_features, out_features, bias=True, device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features, self.ensemble = in_features, out_features, ensemble
+        kw = dict(device=device, dtype=dtype)
+        self.weight = nn.Parameter(torch.empty(ensemble, out_features, in_features, **kw))
+        self.bias = nn.Parameter(torch.zeros(ensemble, out_features, **kw)) if bias else None
+
+    def forward(self, x):
+        return self.affine(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"ensemble={self.ensemble}, in_features={self.in_features}, " \
+               f"out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def new_pass() -> Pass:
+    return Pass()

@@ -1,0 +1,236 @@
+"""The training loop: one network or an ensemble of networks, the paper's protocol.
+
+The paper's MNIST protocol (paper 1, section 4.1): 784-100-100-100-100-10 tanh
+network, softmax output, Glorot scaled-normal weights, minibatch 100, plain
+SGD with learning rate 0.1 decayed as 0.1 / (1 + 1e-6 t), 100 epochs.
+
+Several seeds of the same configuration train together as an *ensemble*: the
+networks' weights are stacked and every layer is one batched matmul.  Each
+member keeps its own random streams (initial weights, feedback matrices,
+shuffling, channel noise), so member k follows the same trajectory, up to
+float rounding, as the network trained alone with seed k.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import data as datasets
+from .channel.algorithm import Algorithm, algorithm as make_algorithm
+from .channel.noise import generator
+from .errors import ConfigError
+from .models import mlp
+from .nn.convert import convert
+from .nn.fused import FusedNetwork, softmax_xent_grad
+from .optim import KerasSGD
+
+PAPER_HIDDEN = (100, 100, 100, 100)
+
+
+@dataclass
+class TrainSpec:
+    """Everything that defines a training run except the seed."""
+
+    dataset: str = "digits"
+    algorithm: Algorithm = field(default_factory=lambda: make_algorithm("bp"))
+    hidden: tuple = PAPER_HIDDEN
+    activation: str = "tanh"
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 0.1
+    decay: float = 1e-6
+    momentum: float = 0.0
+    device: str = "cpu"
+    driver: str = "fused"      # "fused" or "autograd"
+    frozen: tuple = ()         # 1-based indices of weight layers that do not learn
+
+    def validate(self):
+        if self.dataset not in datasets.DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(datasets.DATASETS)}")
+        for key in ("epochs", "batch_size"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {v!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ConfigError(f"lr must be positive, got {self.lr!r}")
+        if not (isinstance(self.decay, (int, float)) and self.decay >= 0):
+            raise ConfigError(f"decay must be >= 0, got {self.decay!r}")
+        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ConfigError(f"hidden sizes must be positive integers, got {self.hidden!r}")
+        if self.driver not in ("fused", "autograd"):
+            raise ConfigError(f"driver must be 'fused' or 'autograd', got {self.driver!r}")
+        n_layers = len(self.hidden) + 1
+        for h in self.frozen:
+            if not (isinstance(h, int) and 1 <= h <= n_layers):
+                raise ConfigError(f"frozen layer {h!r} out of range 1..{n_layers}")
+        check_device(self.device)
+        return self
+
+
+def check_device(device: str):
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+@dataclass
+class EpochRecord:
+    seed: int
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    seconds: float        # wall time of this epoch for the whole ensemble
+    ensemble: int = 1     # how many networks shared that time
+    diverged: bool = False
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def build(spec: TrainSpec, seeds: Sequence[int], input_dim: int, num_classes: int) -> nn.Module:
+    """The converted network for ``seeds`` (an ensemble when more than one)."""
+    sizes = [input_dim, *spec.hidden, num_classes]
+    seeds = list(seeds)
+    ensemble = seeds if len(seeds) > 1 else None
+    model = mlp(sizes, spec.activation, seed=seeds[0], ensemble=ensemble)
+    model = convert(model, spec.algorithm, seed=seeds if ensemble else seeds[0], inplace=True)
+    weights = [m for m in model.modules() if hasattr(m, "weight") and hasattr(m, "channel")]
+    for h in spec.frozen:
+        for p in (weights[h - 1].weight, weights[h - 1].bias):
+            if p is not None:
+                p.requires_grad_(False)
+    return model.to(spec.device)
+
+
+class _Stepper:
+    """One training step with either driver; both fill ``.grad`` the same way."""
+
+    def __init__(self, model, driver):
+        self.model = model
+        self.fused = FusedNetwork(model) if driver == "fused" and FusedNetwork.plan(model) else None
+
+    def gradients(self, x, y):
+        if self.fused is not None:
+            return self.fused.step_gradients(x, y)
+        for p in self.model.parameters():
+            p.grad = None
+        logits = self.model(x)
+        K = logits.shape[0] if logits.dim() == 3 else None
+        if K:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
+            loss = loss / logits.shape[1]
+        else:
+            loss = F.cross_entropy(logits, y)
+        loss.backward()
+        return logits.detach()
+
+    @torch.no_grad()
+    def logits(self, x):
+        if self.fused is not None:
+            return self.fused.forward(x)
+        return self.model(x)
+
+
+def _stats(logits, y):
+    """Summed cross-entropy and number correct, per network (last dim classes)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    loss = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).sum(-1)
+    correct = (logits.argmax(-1) == y).sum(-1)
+    return loss, correct
+
+
+@torch.no_grad()
+def evaluate(stepper, x, y, K, chunk=2000):
+    """Mean loss and accuracy of each network on (x, y); returns two lists of length K."""
+    loss = torch.zeros(K or 1, dtype=torch.float64, device=x.device)
+    correct = torch.zeros(K or 1, dtype=torch.int64, device=x.device)
+    for i in range(0, x.shape[0], chunk):
+        xb, yb = x[i:i + chunk], y[i:i + chunk]
+        if K:
+            xb = xb.unsqueeze(0).expand(K, *xb.shape).contiguous()
+            yb = yb.unsqueeze(0).expand(K, -1)
+        l, c = _stats(stepper.logits(xb), yb)
+        loss += l.double()
+        correct += c
+    n = x.shape[0]
+    return (loss / n).tolist(), (correct.double() / n).tolist()
+
+
+def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
+                on_step: Callable[[int], None] | None = None,
+                on_epoch: Callable[[list[EpochRecord]], None] | None = None):
+    """Train one network per seed, all together; returns (model, list of histories per seed)."""
+    spec.validate()
+    seeds = [int(s) for s in seeds]
+    ds = (dataset or datasets.load(spec.dataset)).flat()
+    dev = check_device(spec.device)
+    x_train, y_train = ds.x_train.to(dev), ds.y_train.to(dev)
+    x_test, y_test = ds.x_test.to(dev), ds.y_test.to(dev)
+    K = len(seeds) if len(seeds) > 1 else None
+    model = build(spec, seeds, ds.input_dim, ds.num_classes)
+    stepper = _Stepper(model, spec.driver)
+    opt = KerasSGD([p for p in model.parameters() if p.requires_grad], lr=spec.lr, decay=spec.decay,
+                   momentum=spec.momentum)
+    data_gens = [generator(s, "data") for s in seeds]
+    n, B = x_train.shape[0], spec.batch_size
+    histories: list[list[EpochRecord]] = [[] for _ in seeds]
+    diverged = [False] * len(seeds)
+    for epoch in range(1, spec.epochs + 1):
+        t0 = time.perf_counter()
+        perms = torch.stack([torch.randperm(n, generator=g) for g in data_gens]).to(dev)
+        run_loss = torch.zeros(len(seeds), dtype=torch.float64, device=dev)
+        run_correct = torch.zeros(len(seeds), dtype=torch.int64, device=dev)
+        for i in range(0, n, B):
+            idx = perms[:, i:i + B] if K else perms[0, i:i + B]
+            xb, yb = x_train[idx], y_train[idx]
+            logits = stepper.gradients(xb, yb)
+            opt.step()
+            l, c = _stats(logits, yb)
+            run_loss += l.double().reshape(-1)
+            run_correct += c.reshape(-1)
+            if on_step is not None:
+                on_step(1)
+        test_loss, test_acc = evaluate(stepper, x_test, y_test, K)
+        seconds = time.perf_counter() - t0
+        tl, tc = (run_loss / n).tolist(), (run_correct.double() / n).tolist()
+        records = []
+        for k, s in enumerate(seeds):
+            bad = not (math.isfinite(tl[k]) and math.isfinite(test_loss[k]))
+            diverged[k] = diverged[k] or bad
+            rec = EpochRecord(s, epoch, tl[k], tc[k], test_loss[k], test_acc[k], seconds, len(seeds),
+                              diverged[k])
+            histories[k].append(rec)
+            records.append(rec)
+        if on_epoch is not None:
+            on_epoch(records)
+        if all(diverged):
+            break
+    return model, histories
+
+
+def train(spec: TrainSpec, seeds: Sequence[int], dataset=None, ensemble: bool = True, **callbacks):
+    """Train every seed (as one ensemble unless ``ensemble=False``); returns histories per seed."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ConfigError("need at least one seed")
+    if ensemble:
+        return train_group(spec, seeds, dataset, **callbacks)[1]
+    out = []
+    for s in seeds:
+        out.extend(train_group(spec, [s], dataset, **callbacks)[1])
+    return out
