@@ -1,0 +1,56 @@
+"""Hand computations of the learning channel used by the tests (float64)."""
+
+import torch
+import torch.nn.functional as F
+
+import rbp
+from rbp.nn import FeedbackLinear
+
+
+def sites(model):
+    return [m for m in model.modules() if isinstance(m, FeedbackLinear)]
+
+
+def batch(n_in=7, n_out=3, rows=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, n_in, generator=g, dtype=torch.float64)
+    y = torch.randint(0, n_out, (rows,), generator=g)
+    return x, y
+
+
+def net(sizes, alg, activation="tanh", seed=0, **opts):
+    base = rbp.mlp(sizes, activation, seed=seed).double()
+    return rbp.convert(base, alg, seed=seed + 100, **opts)
+
+
+def grads(model, x, y):
+    for p in model.parameters():
+        p.grad = None
+    F.cross_entropy(model(x), y).backward()
+    return {n: (None if p.grad is None else p.grad.detach().clone()) for n, p in model.named_parameters()}
+
+
+def forward(model, x, f=torch.tanh):
+    """Pre-activations S^h and outputs O^h (O^0 = x) of a converted mlp."""
+    S, O = [], [x]
+    ss = sites(model)
+    for i, s in enumerate(ss):
+        z = O[-1] @ s.weight.detach().T + s.bias.detach()
+        S.append(z)
+        O.append(f(z) if i < len(ss) - 1 else z)
+    return S, O
+
+
+def output_error(logits, y):
+    """E^L = T - O^L for softmax outputs."""
+    return F.one_hot(y, logits.shape[-1]).double() - torch.softmax(logits, -1)
+
+
+def dtanh(s):
+    return 1 - torch.tanh(s) ** 2
+
+
+def weight_grads(I, O):
+    """The autograd-scale gradient of the local rule dW = I O^T for a batch-mean loss."""
+    B = O[0].shape[0]
+    return [-(I[h].T @ O[h]) / B for h in range(len(I))]

@@ -1,0 +1,283 @@
+"""Gradient-level checks of every algorithm against autograd and against hand computations."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rbp
+from rbp.channel.quantize import quantize
+from rbp.nn.fused import FusedNetwork
+
+from helpers import batch, dtanh, forward, grads, net, output_error, sites, weight_grads
+
+DEEP = [7, 6, 5, 4, 3]      # three hidden layers
+SHALLOW = [7, 6, 3]         # one hidden layer
+
+
+def _close(a, b, tol=1e-12):
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k] is None or b[k] is None:
+            assert a[k] is None and b[k] is None, k
+        else:
+            torch.testing.assert_close(a[k], b[k], atol=tol, rtol=0, msg=k)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "logistic", "linear"])
+def test_bp_equals_autograd(activation):
+    x, y = batch()
+    plain = rbp.mlp(DEEP, activation, seed=3).double()
+    ref = grads(plain, x, y)
+    conv = rbp.convert(plain, "bp")
+    _close(grads(conv, x, y), ref)
+
+
+def test_rbp_with_transposed_forward_weights_equals_bp():
+    x, y = batch()
+    m = net(DEEP, "rbp")
+    for s in sites(m)[1:]:
+        s.feedback.copy_(s.weight.detach())   # stored in W's orientation: B = W means C = W^T
+    _close(grads(m, x, y), grads(net(DEEP, "bp"), x, y))
+
+
+def test_sbp_equals_bp_with_one_hidden_layer():
+    x, y = batch()
+    _close(grads(net(SHALLOW, "sbp"), x, y), grads(net(SHALLOW, "bp"), x, y))
+
+
+def test_sbp_differs_from_bp_when_deeper():
+    x, y = batch()
+    a, b = grads(net(DEEP, "sbp"), x, y), grads(net(DEEP, "bp"), x, y)
+    assert not torch.allclose(a["0.weight"], b["0.weight"])
+
+
+def test_srbp_equals_rbp_with_one_hidden_layer():
+    x, y = batch()
+    m_s, m_r = net(SHALLOW, "srbp"), net(SHALLOW, "rbp")
+    torch.manual_seed(5)
+    C = torch.randn_like(sites(m_r)[1].feedback)
+    sites(m_r)[1].feedback.copy_(C)
+    sites(m_s)[1].feedback.copy_(C)
+    _close(grads(m_s, x, y), grads(m_r, x, y))
+
+
+def test_rbp_hand_computed():
+    x, y = batch()
+    m = net(DEEP, "rbp")
+    S, O = forward(m, x)
+    R = [None] * 4
+    R[3] = output_error(S[3], y)
+    for h in (2, 1, 0):
+        R[h] = dtanh(S[h]) * (R[h + 1] @ sites(m)[h + 1].feedback)
+    got = grads(m, x, y)
+    for h, g in enumerate(weight_grads(R, O)):
+        torch.testing.assert_close(got[f"{2 * h}.weight"], g, atol=1e-12, rtol=0)
+
+
+def test_srbp_hand_computed():
+    x, y = batch()
+    m = net(DEEP, "srbp")
+    S, O = forward(m, x)
+    E = output_error(S[3], y)
+    I = [dtanh(S[h]) * (E @ sites(m)[h + 1].feedback) for h in range(3)] + [E]
+    got = grads(m, x, y)
+    for h, g in enumerate(weight_grads(I, O)):
+        torch.testing.assert_close(got[f"{2 * h}.weight"], g, atol=1e-12, rtol=0)
+
+
+def test_sbp_hand_computed():
+    """I^h = f'(S^h) * (W^{h+1})^T ... (W^L)^T E^L: no upper derivatives."""
+    x, y = batch()
+    m = net(DEEP, "sbp")
+    S, O = forward(m, x)
+    E = output_error(S[3], y)
+    W = [s.weight.detach() for s in sites(m)]
+    I = [None, None, None, E]
+    J = E
+    for h in (2, 1, 0):
+        J = J @ W[h + 1]
+        I[h] = dtanh(S[h]) * J
+    got = grads(m, x, y)
+    for h, g in enumerate(weight_grads(I, O)):
+        torch.testing.assert_close(got[f"{2 * h}.weight"], g, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("alg", ["bp", "rbp", "srbp"])
+def test_no_derivative_hand_computed(alg):
+    x, y = batch()
+    m = net(DEEP, alg, derivative=False)
+    S, O = forward(m, x)
+    E = output_error(S[3], y)
+    ss = sites(m)
+    I = [None, None, None, E]
+    for h in (2, 1, 0):
+        if alg == "srbp":
+            I[h] = E @ ss[h + 1].feedback
+        else:
+            B = ss[h + 1].weight.detach() if alg == "bp" else ss[h + 1].feedback
+            I[h] = I[h + 1] @ B
+    got = grads(m, x, y)
+    for h, g in enumerate(weight_grads(I, O)):
+        torch.testing.assert_close(got[f"{2 * h}.weight"], g, atol=1e-12, rtol=0)
+
+
+VARIANTS = [
+    ("bp", {}), ("sbp", {}), ("rbp", {}), ("srbp", {}), ("arbp", {}), ("asrbp", {}), ("top", {}),
+    ("rbp", {"derivative": False}), ("srbp", {"feedback": "sparse-2"}), ("rbp", {"feedback": "ternary"}),
+    ("rbp", {"quantize_error": 3}), ("srbp", {"dropout": 0.5}), ("srbp", {"update": "sign"}),
+    ("rbp", {"feedback": "resampled"}), ("rbp", {"feedback": "sign-concordant"}),
+    ("srbp", {"feedback": "congruent"}), ("rbp", {"feedback": "uniform"}),
+    ("rbp", {"feedback": "nonzero-mean"}),
+]
+
+
+@pytest.mark.parametrize("alg,opts", VARIANTS)
+def test_top_layer_follows_the_gradient(alg, opts):
+    """Paper 1, Fact 1: in every algorithm the top layer learns exactly as in BP."""
+    x, y = batch()
+    got = grads(net(DEEP, alg, **opts), x, y)
+    ref = grads(net(DEEP, "bp"), x, y)
+    for key in ("6.weight", "6.bias"):
+        torch.testing.assert_close(got[key], ref[key], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("alg,opts", VARIANTS + [("rbp", {"quantize_update": 3}),
+                                                  ("srbp", {"update": "magnitude"})])
+def test_fused_driver_equals_autograd_driver(alg, opts):
+    x, y = batch()
+    m = net(DEEP, alg, **opts)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    auto = grads(m, x, y)
+    m.load_state_dict(state)   # resampled feedback changes in place: start both from the same state
+    if opts.get("dropout") or "resampled" in str(opts) or "concordant" in str(opts):
+        m2 = net(DEEP, alg, **opts)        # fresh noise streams, same seeds
+        m2.load_state_dict(state)
+        m = m2
+    for p in m.parameters():
+        p.grad = None
+    FusedNetwork(m).step_gradients(x, y)
+    fused = {n: (None if p.grad is None else p.grad.clone()) for n, p in m.named_parameters()}
+    _close(fused, auto, tol=1e-12)
+
+
+def test_top_only_leaves_hidden_layers_unchanged():
+    x, y = batch()
+    m = net(DEEP, "top")
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    for _ in range(5):
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+    after = m.state_dict()
+    for k in before:
+        if k.startswith("6."):
+            assert not torch.equal(before[k], after[k]), k
+        else:
+            assert torch.equal(before[k], after[k]), k
+
+
+def test_quantized_error_hand_computed():
+    """The quantized signal is what travels further down (paper 1, section 5.1)."""
+    x, y = batch()
+    bits, alpha = 3, 2.0 ** -3
+    m = net(DEEP, "rbp", quantize_error=bits)
+    S, O = forward(m, x)
+    R = [None, None, None, output_error(S[3], y)]
+    for h in (2, 1, 0):
+        R[h] = dtanh(S[h]) * quantize(R[h + 1] @ sites(m)[h + 1].feedback, alpha, bits)
+    got = grads(m, x, y)
+    for h, g in enumerate(weight_grads(R, O)):
+        torch.testing.assert_close(got[f"{2 * h}.weight"], g, atol=1e-12, rtol=0)
+
+
+def test_quantized_update_hand_computed():
+    """Each example's update I_n O_n^T is quantized (alpha 2^-6) before the minibatch sum."""
+    x, y = batch()
+    bits, alpha = 2, 2.0 ** -6
+    m = net(DEEP, "srbp", quantize_update=bits)
+    S, O = forward(m, x)
+    E = output_error(S[3], y)
+    I = [dtanh(S[h]) * (E @ sites(m)[h + 1].feedback) for h in range(3)] + [E]
+    got = grads(m, x, y)
+    B = x.shape[0]
+    for h in range(4):
+        per_example = torch.stack([torch.outer(I[h][n], O[h][n]) for n in range(B)])
+        want = -quantize(per_example, alpha, bits).sum(0) / B
+        torch.testing.assert_close(got[f"{2 * h}.weight"], want, atol=1e-12, rtol=0)
+        torch.testing.assert_close(got[f"{2 * h}.bias"], -quantize(I[h], alpha, bits).sum(0) / B,
+                                   atol=1e-12, rtol=0)
+
+
+def test_sign_and_magnitude_only_updates():
+    x, y = batch()
+    full = grads(net(DEEP, "srbp"), x, y)
+    sign = grads(net(DEEP, "srbp", update="sign"), x, y)
+    mag = grads(net(DEEP, "srbp", update="magnitude"), x, y)
+    for h in range(3):
+        k = f"{2 * h}.weight"
+        torch.testing.assert_close(sign[k], torch.sign(full[k]) * full[k].abs().mean())
+        torch.testing.assert_close(mag[k], -full[k].abs())
+    torch.testing.assert_close(sign["6.weight"], full["6.weight"])   # the top layer is untouched
+
+
+def test_lc_dropout_drops_units_and_keeps_expected_signal():
+    x, y = batch(rows=1)   # one example: a unit's bias signal is dropped or kept whole
+    p = 0.5
+    ref = net(DEEP, "srbp")
+    want = grads(ref, x, y)["2.bias"]
+    m = net(DEEP, "srbp", dropout=p)
+    draws = torch.stack([grads(m, x, y)["2.bias"] for _ in range(3000)])
+    kept = draws != 0
+    torch.testing.assert_close(draws[kept], (want / (1 - p)).expand_as(draws)[kept])
+    # each layer-2 unit's bias signal is either dropped (0) or scaled by 1/(1-p) ... on average unchanged
+    torch.testing.assert_close(draws.mean(0), want, atol=0.05 * want.abs().max().item(), rtol=0)
+    zero_fraction = (draws == 0).double().mean().item()
+    assert abs(zero_fraction - p) < 0.03
+
+
+def test_arbp_feedback_change_equals_transposed_forward_change():
+    x, y = batch()
+    m = net(DEEP, "arbp")
+    ss = sites(m)
+    W0 = [s.weight.detach().clone() for s in ss]
+    C0 = [None] + [s.feedback.detach().clone() for s in ss[1:]]
+    opt = torch.optim.SGD(m.parameters(), lr=0.3)
+    F.cross_entropy(m(x), y).backward()
+    opt.step()
+    for h in range(1, len(ss)):
+        dW = ss[h].weight.detach() - W0[h]
+        dC = ss[h].feedback.detach() - C0[h]
+        # C is stored in W's orientation, so "C^T changes like W" reads dC = rate * dW here.
+        torch.testing.assert_close(dC, 0.1 * dW, atol=1e-12, rtol=0)
+        assert dW.abs().max() > 0
+
+
+def test_asrbp_feedback_learns_from_output_error_and_layer_activity():
+    x, y = batch()
+    m = net(DEEP, "asrbp", adapt_rate=0.25)
+    S, O = forward(m, x)
+    E = output_error(S[3], y)
+    got = grads(m, x, y)
+    for h in range(1, 4):   # site h holds the matrix that reaches layer h (its input O^h)
+        want = -0.25 * (E.T @ O[h]) / x.shape[0]
+        torch.testing.assert_close(got[f"{2 * h}.feedback"], want, atol=1e-12, rtol=0)
+
+
+def test_resampled_feedback_changes_every_minibatch_and_sign_concordant_follows_w():
+    x, y = batch()
+    m = net(DEEP, "rbp", feedback="resampled")
+    s = sites(m)[2]
+    seen = []
+    for _ in range(3):
+        grads(m, x, y)
+        seen.append(s.feedback.clone())
+    assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+    m = net(DEEP, "rbp", feedback="sign-concordant")
+    opt = torch.optim.SGD(m.parameters(), lr=1.0)
+    for _ in range(4):
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        for s in sites(m)[1:]:
+            assert torch.equal(torch.sign(s.feedback), torch.sign(s.weight.detach()))
+        opt.step()
