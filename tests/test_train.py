@@ -66,3 +66,23 @@ def test_mnist_two_epochs_well_above_chance(data_dir):
         accs[alg] = train(spec, [0], dataset=ds)[0][-1].test_accuracy
     assert all(a > 0.85 for a in accs.values()), accs
     assert accs["bp"] >= accs["rbp"] - 0.01, accs
+
+
+def test_alignment_diagnostics():
+    _, h = train_group(_spec("bp", epochs=1), [0])
+    a = h[0][-1].alignment
+    assert all(a[f"signal_angle_{k}"] < 1e-3 and a[f"update_angle_{k}"] < 1e-3 for k in (1, 2, 3, 4))
+    _, h = train_group(_spec("rbp", epochs=8), [0, 1])
+    for hist in h:
+        first, last = hist[0].alignment, hist[-1].alignment
+        assert set(first) >= {"signal_angle_4", "update_angle_1", "feedback_angle_2", "feedback_norm_ratio_3"}
+        # feedback alignment: the top hidden layer's signal turns towards the gradient during training
+        assert last["signal_angle_4"] < 85 and last["signal_angle_4"] < first["signal_angle_4"]
+
+
+def test_probe_does_not_change_training():
+    spec = _spec("srbp", opts={"dropout": 0.3}, epochs=2)
+    _, with_probe = train_group(spec, [2])
+    _, without = train_group(spec, [2], probe_size=0)
+    assert [r.train_loss for r in with_probe[0]] == [r.train_loss for r in without[0]]
+    assert without[0][0].alignment == {}

@@ -13,7 +13,7 @@ import os
 import platform
 import shutil
 import tempfile
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -49,7 +49,7 @@ def write_run_dir(out, spec, seeds, histories, summary, checksums=None):
         config["provenance"] = provenance(checksums)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=list) + "\n")
         rows = [r.as_dict() for h in histories for r in h]
-        names = [f.name for f in fields(type(histories[0][0]))] if rows else []
+        names = list(dict.fromkeys(k for r in rows for k in r))
         with open(tmp / "history.csv", "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=names)
             w.writeheader()

@@ -26,6 +26,7 @@ from . import data as datasets
 from .channel.algorithm import Algorithm, algorithm as make_algorithm
 from .channel.noise import generator
 from .errors import ConfigError
+from .diagnostics import alignment
 from .models import mlp
 from .nn.convert import convert
 from .nn.fused import FusedNetwork, softmax_xent_grad
@@ -97,9 +98,13 @@ class EpochRecord:
     seconds: float        # wall time of this epoch for the whole ensemble
     ensemble: int = 1     # how many networks shared that time
     diverged: bool = False
+    alignment: dict = field(default_factory=dict)   # see rbp.diagnostics
 
     def as_dict(self):
-        return asdict(self)
+        """A flat row: the fields, then one column per alignment figure."""
+        row = asdict(self)
+        row.update(row.pop("alignment"))
+        return row
 
 
 def build(spec: TrainSpec, seeds: Sequence[int], input_dim: int, num_classes: int) -> nn.Module:
@@ -173,8 +178,14 @@ def evaluate(stepper, x, y, K, chunk=2000):
 
 def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
                 on_step: Callable[[int], None] | None = None,
-                on_epoch: Callable[[list[EpochRecord]], None] | None = None):
-    """Train one network per seed, all together; returns (model, list of histories per seed)."""
+                on_epoch: Callable[[list[EpochRecord]], None] | None = None,
+                probe_size: int = 1000):
+    """Train one network per seed, all together; returns (model, list of histories per seed).
+
+    After every epoch the alignment figures of :mod:`rbp.diagnostics` are measured
+    on a fixed probe batch (the first ``probe_size`` training examples; 0 turns
+    it off).  The probe draws no random numbers, so it does not change training.
+    """
     spec.validate()
     seeds = [int(s) for s in seeds]
     ds = (dataset or datasets.load(spec.dataset)).flat()
@@ -188,6 +199,11 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
                    momentum=spec.momentum)
     data_gens = [generator(s, "data") for s in seeds]
     n, B = x_train.shape[0], spec.batch_size
+    probe = None
+    if probe_size and stepper.fused is not None:
+        px, py = x_train[:probe_size], y_train[:probe_size]
+        probe = (px.unsqueeze(0).expand(K, *px.shape).contiguous(), py.unsqueeze(0).expand(K, -1)) if K \
+            else (px, py)
     histories: list[list[EpochRecord]] = [[] for _ in seeds]
     diverged = [False] * len(seeds)
     for epoch in range(1, spec.epochs + 1):
@@ -207,13 +223,14 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
                 on_step(1)
         test_loss, test_acc = evaluate(stepper, x_test, y_test, K)
         seconds = time.perf_counter() - t0
+        aligned = alignment(stepper.fused, *probe) if probe is not None else [{} for _ in seeds]
         tl, tc = (run_loss / n).tolist(), (run_correct.double() / n).tolist()
         records = []
         for k, s in enumerate(seeds):
             bad = not (math.isfinite(tl[k]) and math.isfinite(test_loss[k]))
             diverged[k] = diverged[k] or bad
             rec = EpochRecord(s, epoch, tl[k], tc[k], test_loss[k], test_acc[k], seconds, len(seeds),
-                              diverged[k])
+                              diverged[k], aligned[k])
             histories[k].append(rec)
             records.append(rec)
         if on_epoch is not None:

@@ -37,6 +37,7 @@ class Pass:
     error: torch.Tensor | None = None            # dLoss/dS^L of the top site
     rows: int = 1                                # examples per network in the batch
     signals: dict = field(default_factory=dict)  # position -> pre-derivative signal (product route)
+    probe: bool = False                          # diagnostics: no noise drawn, no feedback resampled
 
     def enter(self, site) -> int:
         self.order.append(site)
@@ -51,12 +52,16 @@ def error_scale(alg, rows: int) -> float:
     return float(rows) if alg.loss_reduction == "mean" else 1.0
 
 
-def signal_operators(site, J: torch.Tensor, scale: float) -> torch.Tensor:
-    """Quantize and drop out the signal arriving at the layer below (paper 1, sections 5.1, 6)."""
+def signal_operators(site, J: torch.Tensor, scale: float, probe: bool = False) -> torch.Tensor:
+    """Quantize and drop out the signal arriving at the layer below (paper 1, sections 5.1, 6).
+
+    A probe pass (diagnostics) skips dropout: it measures the expected signal and
+    leaves the network's random streams untouched.
+    """
     alg = site.algorithm
     if alg.quantize_error:
         J = quantize(J * scale, alg.quantize_error_alpha, alg.quantize_error).div_(scale)
-    if alg.dropout:
+    if alg.dropout and not probe:
         shape = J.shape[1:] if site.ensemble else J.shape
         J = J * site.channel.noise.keep_mask(shape, alg.dropout, J.dtype, J.device)
     return J
@@ -90,13 +95,13 @@ def _sign_or_magnitude(mode, grad, ensemble):
     return torch.sign(grad) * grad.abs().mean(dim=dims, keepdim=True)
 
 
-def feedback_matrix(site, weight, fbk):
+def feedback_matrix(site, weight, fbk, probe: bool = False):
     """The matrix the signal travels through at this site (resampled if the algorithm says so)."""
     alg = site.algorithm
     if alg.symmetric:
         return weight
     spec = alg.feedback
-    if spec.resampled:
+    if spec.resampled and not probe:
         with torch.no_grad():
             fbk.copy_(_resample(site, spec, weight, fbk))
     return fbk
@@ -146,13 +151,13 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
             gF = gW * alg.adapt_rate
     if need_x and alg.hidden_learn:
         if alg.route == "chain":
-            J = site.grad_input(g, feedback_matrix(site, weight, fbk), x)
+            J = site.grad_input(g, feedback_matrix(site, weight, fbk, pas.probe), x)
         elif alg.route == "product":
             arriving = g if top else pas.signals.pop(position)
-            J = site.grad_input(arriving, feedback_matrix(site, weight, fbk), x)
+            J = site.grad_input(arriving, feedback_matrix(site, weight, fbk, pas.probe), x)
         else:  # skip
             J = site.skip(pas.error, fbk, x)
-        J = signal_operators(site, J, scale)
+        J = signal_operators(site, J, scale, pas.probe)
         if alg.route == "product":
             pas.signals[position - 1] = J
     return J, (gW if need_w else None), (gb if need_b else None), gF
