@@ -166,12 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("algorithms", help="list the algorithms")
     a.set_defaults(func=_cmd_algorithms)
 
-    try:
-        from .theory.cli import register as register_theory
-    except ImportError:  # pragma: no cover - theory module not installed
-        register_theory = None
-    if register_theory is not None:
-        register_theory(sub)
+    import importlib
+    for module in ("rbp.experiments.cli", "rbp.theory.cli", "rbp.bench"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:  # a part still being built
+            if e.name != module:
+                raise
+            continue
+        mod.register(sub)
     return p
 
 
