@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:  # a part still being built
-            if e.name != module:
+            if not module.startswith(e.name or "?"):
                 raise
             continue
         mod.register(sub)
