@@ -81,6 +81,8 @@ def test_registry_and_descriptions():
     ("srbp", {"feedback": "sign-concordant"}, "chained"),
     ("rbp", {"adapt_rate": 0.5}, "adaptive"),
     ("arbp", {"feedback": "resampled"}, "cannot adapt"),
+    ("rbp", {"feedback": "per-synapse"}, "skipped route"),
+    ("srbp", {"feedback": "per-synapse", "dropout": 0.1}, "does not combine"),
 ])
 def test_bad_algorithm_options(name, opts, words):
     with pytest.raises(rbp.ConfigError, match=None) as e:

@@ -127,7 +127,7 @@ VARIANTS = [
     ("rbp", {"quantize_error": 3}), ("srbp", {"dropout": 0.5}), ("srbp", {"update": "sign"}),
     ("rbp", {"feedback": "resampled"}), ("rbp", {"feedback": "sign-concordant"}),
     ("srbp", {"feedback": "congruent"}), ("rbp", {"feedback": "uniform"}),
-    ("rbp", {"feedback": "nonzero-mean"}),
+    ("rbp", {"feedback": "nonzero-mean"}), ("srbp", {"feedback": "per-synapse"}),
 ]
 
 
@@ -281,3 +281,31 @@ def test_resampled_feedback_changes_every_minibatch_and_sign_concordant_follows_
         for s in sites(m)[1:]:
             assert torch.equal(torch.sign(s.feedback), torch.sign(s.weight.detach()))
         opt.step()
+
+
+def test_per_synapse_feedback_reduces_to_srbp_when_synapses_share_their_neuron_vector():
+    x, y = batch()
+    per = net(DEEP, "srbp", feedback="per-synapse")
+    srbp = net(DEEP, "srbp")
+    ps, ss = sites(per), sites(srbp)
+    assert ps[3].feedback is None and tuple(ps[0].feedback.shape) == (3, 6, 8)
+    for h in range(3):   # per-neuron vector D^h (N_L x N_h), held by site h+1 in SRBP
+        D = ss[h + 1].feedback
+        ps[h].feedback.copy_(D.unsqueeze(-1).expand_as(ps[h].feedback))
+    _close(grads(per, x, y), grads(srbp, x, y))
+
+
+def test_per_synapse_hand_computed():
+    x, y = batch()
+    m = net(DEEP, "srbp", feedback="per-synapse")
+    S, O = forward(m, x)
+    E = output_error(S[3], y)
+    got = grads(m, x, y)
+    B = x.shape[0]
+    for h in range(3):
+        P = sites(m)[h].feedback
+        fp = dtanh(S[h])
+        want = -torch.einsum("nj,ni,kji,nk->ji", fp, O[h], P[..., :-1], E) / B
+        want_b = -torch.einsum("nj,kj,nk->j", fp, P[..., -1], E) / B
+        torch.testing.assert_close(got[f"{2 * h}.weight"], want, atol=1e-12, rtol=0)
+        torch.testing.assert_close(got[f"{2 * h}.bias"], want_b, atol=1e-12, rtol=0)

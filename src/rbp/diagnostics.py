@@ -64,13 +64,16 @@ def alignment(fused: FusedNetwork, x: torch.Tensor, y: torch.Tensor) -> list[dic
 
     for h in range(1, len(stages)):          # hidden layer h is the output of stage h-1
         i = h - 1
-        if received[i] is None or updates[i] is None:
+        if alg.feedback.per_synapse and updates[i] is not None:   # the signal is per synapse: no I^h
+            put(f"signal_angle_{h}", [math.nan] * K)
+            put(f"update_angle_{h}", _angle(updates[i], true_updates[i], ens))
+        elif received[i] is None or updates[i] is None:
             put(f"signal_angle_{h}", [math.nan] * K)
             put(f"update_angle_{h}", [math.nan] * K)
         else:
             put(f"signal_angle_{h}", _angle(received[i], deltas[i], ens))
             put(f"update_angle_{h}", _angle(updates[i], true_updates[i], ens))
-        if alg.random_feedback:
+        if alg.random_feedback and not alg.feedback.per_synapse:
             carrier = stages[h].site.feedback
             if alg.route == "skip":
                 mirror = stages[-1].site.weight

@@ -168,6 +168,8 @@ def algorithm(name: str | Algorithm, **options) -> Algorithm:
                                   "transposed forward weights (use rbp, srbp, arbp or asrbp)")
             if spec.kind == "sign-concordant" and base.route != "chain":
                 raise ConfigError("feedback 'sign-concordant' is defined for chained routes (rbp, arbp) only")
+            if spec.per_synapse and base.route != "skip":
+                raise ConfigError("feedback 'per-synapse' is defined for the skipped route (srbp) only")
             if spec.resampled and base.adaptive:
                 raise ConfigError(f"feedback {value!r} is resampled every minibatch and cannot adapt ({base.name})")
             changes["feedback"] = spec
@@ -202,4 +204,7 @@ def algorithm(name: str | Algorithm, **options) -> Algorithm:
             if value not in ("mean", "sum"):
                 raise ConfigError(f"loss_reduction must be 'mean' or 'sum', got {value!r}")
             changes[key] = value
-    return dataclasses.replace(base, **changes)
+    result = dataclasses.replace(base, **changes)
+    if result.feedback.per_synapse and (result.adaptive or result.quantize_error or result.dropout):
+        raise ConfigError("feedback 'per-synapse' does not combine with adaptation, quantize_error or dropout")
+    return result

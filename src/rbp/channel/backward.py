@@ -67,10 +67,15 @@ def signal_operators(site, J: torch.Tensor, scale: float, probe: bool = False) -
     return J
 
 
-def weight_update(site, g, x, top: bool, scale: float):
+def weight_update(site, g, x, top: bool, scale: float, error=None, fbk=None):
     """dLoss/dW and dLoss/db in the algorithm's sense, with the update operators."""
     alg = site.algorithm
-    if alg.quantize_update:
+    if alg.feedback.per_synapse and not top:
+        # observation 7: synapse (j, i) reads the error with its own vector P[:, j, i];
+        # g holds f'(S^h) (the layer above sent ones), so the update is
+        # sum_n g_nj x_ni sum_k P_kji E_nk, and likewise for the bias (a synapse from a constant unit)
+        gW, gb = site.per_synapse_update(error, g, x, fbk)
+    elif alg.quantize_update:
         gW, gb = site.per_example_update(g, x, lambda u: quantize(u, alg.quantize_update_alpha,
                                                                     alg.quantize_update), scale)
     else:
@@ -143,7 +148,7 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
 
     gW = gb = gF = J = None
     if need_w or need_b or (need_f and alg.route != "skip"):
-        gW, gb = weight_update(site, g, x, top, scale)
+        gW, gb = weight_update(site, g, x, top, scale, pas.error, fbk)
     if need_f:
         if alg.route == "skip":
             gF = site.grad_skip(pas.error, x).mul_(alg.adapt_rate)
@@ -155,6 +160,8 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
         elif alg.route == "product":
             arriving = g if top else pas.signals.pop(position)
             J = site.grad_input(arriving, feedback_matrix(site, weight, fbk, pas.probe), x)
+        elif alg.feedback.per_synapse:  # the layer below reads the error itself, per synapse
+            J = torch.ones_like(x)
         else:  # skip
             J = site.skip(pas.error, fbk, x)
         J = signal_operators(site, J, scale, pas.probe)

@@ -22,6 +22,9 @@ Distributions (all zero mean except ``nonzero-mean``):
 ``resampled``             glorot-normal, drawn afresh at every minibatch
 ``sign-concordant``       |glorot-normal| with the sign of the *current* forward
                           weight, drawn afresh at every minibatch (Liao et al.)
+``per-synapse``           skipped route only: every synapse of a hidden neuron gets
+                          its own random vector to read the output error with,
+                          instead of one per neuron (section 4.2, observation 7)
 ========================  ==========================================================
 """
 
@@ -44,6 +47,7 @@ DISTRIBUTIONS = (
     "sparse-N",
     "resampled",
     "sign-concordant",
+    "per-synapse",
 )
 
 _SPARSE = re.compile(r"^sparse-(\d+)$")
@@ -60,6 +64,10 @@ class FeedbackSpec:
     def resampled(self) -> bool:
         """True when the matrix is drawn afresh at every minibatch."""
         return self.kind in ("resampled", "sign-concordant")
+
+    @property
+    def per_synapse(self) -> bool:
+        return self.kind == "per-synapse"
 
     @property
     def needs_forward_sign(self) -> bool:
@@ -99,9 +107,10 @@ def sample(spec: FeedbackSpec, shape, *, chained: bool, generator: torch.Generat
     in for (needed by ``congruent`` and ``sign-concordant``).
     """
     kw = dict(generator=generator, dtype=dtype, device=device)
-    std = glorot_std(shape)
+    # per-synapse tensors (N_L, out, in) are scaled like the per-neuron skip matrix (N_L, out)
+    std = glorot_std(shape[:2]) if spec.kind == "per-synapse" else glorot_std(shape)
     kind = spec.kind
-    if kind in ("glorot-normal", "resampled"):
+    if kind in ("glorot-normal", "resampled", "per-synapse"):
         return torch.randn(shape, **kw).mul_(std)
     if kind == "uniform":
         a = math.sqrt(3.0) * std

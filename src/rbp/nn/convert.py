@@ -180,19 +180,29 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble):
     gens = [generator(s, "feedback") for s in seeds]
     n_top = sites[-1].out_features
     for i, site in enumerate(sites):
+        if spec.per_synapse:
+            if i == len(sites) - 1:
+                continue  # the top layer follows the gradient
+            shape = (n_top, site.out_features, site.in_features + (site.bias is not None))
+            site.set_feedback(_members(spec, shape, gens, site, False, lambda k: None, ensemble), False)
+            continue
         if i == 0:
             continue  # the first layer's input is the data: no learning channel below it
         shape = (site.out_features, site.in_features) if chained else (n_top, site.in_features)
         if spec.kind == "sparse" and spec.sparsity > shape[-1]:
             raise ConfigError(f"feedback sparse-{spec.sparsity}: n must be at most the fan-out "
                               f"{shape[-1]} of layer {i + 1}'s learning channel")
-        members = []
-        for k, gen in enumerate(gens):
-            w = site.weight[k] if ensemble else site.weight
-            sign = None
-            if spec.needs_forward_sign:
-                sign = w.detach() if chained else _skip_sign(sites, i, k)
-            members.append(fb.sample(spec, shape, chained=chained, generator=gen, forward_sign=sign,
-                                     dtype=site.weight.dtype, device=site.weight.device))
-        tensor = torch.stack(members) if ensemble else members[0]
+        def sign_of(k, site=site, i=i):
+            if not spec.needs_forward_sign:
+                return None
+            return (site.weight[k] if ensemble else site.weight).detach() if chained else _skip_sign(sites, i, k)
+
+        tensor = _members(spec, shape, gens, site, chained, sign_of, ensemble)
         site.set_feedback(tensor, adaptive=alg.adaptive)
+
+
+def _members(spec, shape, gens, site, chained, sign_of, ensemble):
+    """One feedback tensor per ensemble member, each from its own generator (stacked for an ensemble)."""
+    members = [fb.sample(spec, shape, chained=chained, generator=gen, forward_sign=sign_of(k),
+                         dtype=site.weight.dtype, device=site.weight.device) for k, gen in enumerate(gens)]
+    return torch.stack(members) if ensemble else members[0]

@@ -80,6 +80,22 @@ class LinearOps:
     def skip(self, error, matrix, x):
         return (error @ matrix).reshape(x.shape)
 
+    def per_synapse_update(self, error, g, x, P):
+        """Weight and bias updates when every synapse has its own feedback vector.
+
+        ``P`` has shape ([K,] N_L, out, in [+1 for the bias]); returns
+        sum_n g_nj x_ni sum_k P_kji error_nk and the bias analogue.
+        """
+        e2, g2, x2 = self._rows2(error), self._rows2(g), self._rows2(x)
+        n_top, out, inp = e2.shape[-1], g2.shape[-1], x2.shape[-1]
+        eg = (e2.unsqueeze(-1) * g2.unsqueeze(-2)).flatten(-2)         # ([K,] n, N_L*out)
+        M = (eg.transpose(-1, -2) @ x2).unflatten(-2, (n_top, out))    # ([K,] N_L, out, in)
+        gW = (P[..., :inp] * M).sum(-3)
+        gb = None
+        if self.bias is not None:
+            gb = (P[..., inp] * eg.sum(-2).unflatten(-1, (n_top, out))).sum(-2)
+        return gW, gb
+
     def per_example_update(self, g, x, q, scale):
         """(1/scale) sum_n q(scale * g_n x_n^T): each example's update quantized before the sum."""
         g2, x2 = self._rows2(g), self._rows2(x)
