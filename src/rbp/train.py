@@ -176,6 +176,70 @@ def evaluate(stepper, x, y, K, chunk=2000):
     return (loss / n).tolist(), (correct.double() / n).tolist()
 
 
+class Trainer:
+    """The state of one training group (one network, or an ensemble of networks with the same spec)."""
+
+    def __init__(self, spec: TrainSpec, seeds: Sequence[int], dataset=None, probe_size: int = 1000):
+        spec.validate()
+        self.spec = spec
+        self.seeds = [int(s) for s in seeds]
+        ds = (dataset or datasets.load(spec.dataset)).flat()
+        dev = check_device(spec.device)
+        self.x_train, self.y_train = ds.x_train.to(dev), ds.y_train.to(dev)
+        self.x_test, self.y_test = ds.x_test.to(dev), ds.y_test.to(dev)
+        self.K = len(self.seeds) if len(self.seeds) > 1 else None
+        self.model = build(spec, self.seeds, ds.input_dim, ds.num_classes)
+        self.stepper = _Stepper(self.model, spec.driver)
+        self.opt = KerasSGD([p for p in self.model.parameters() if p.requires_grad], lr=spec.lr,
+                            decay=spec.decay, momentum=spec.momentum)
+        self.data_gens = [generator(s, "data") for s in self.seeds]
+        self.probe_batch = None
+        if probe_size and self.stepper.fused is not None:
+            px, py = self.x_train[:probe_size], self.y_train[:probe_size]
+            K = self.K
+            self.probe_batch = (px.unsqueeze(0).expand(K, *px.shape).contiguous(),
+                                py.unsqueeze(0).expand(K, -1)) if K else (px, py)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.x_train.shape[0] // self.spec.batch_size)
+
+    def train_epoch(self, on_step=None, max_steps: int | None = None):
+        """One pass over the shuffled training set (or its first ``max_steps`` minibatches).
+
+        Returns per-network mean training loss and accuracy over the examples seen,
+        measured on each minibatch before its update (as Keras reports them).
+        """
+        n, B, K = self.x_train.shape[0], self.spec.batch_size, self.K
+        dev = self.x_train.device
+        perms = torch.stack([torch.randperm(n, generator=g) for g in self.data_gens]).to(dev)
+        run_loss = torch.zeros(len(self.seeds), dtype=torch.float64, device=dev)
+        run_correct = torch.zeros(len(self.seeds), dtype=torch.int64, device=dev)
+        seen = 0
+        for step, i in enumerate(range(0, n, B)):
+            if max_steps is not None and step >= max_steps:
+                break
+            idx = perms[:, i:i + B] if K else perms[0, i:i + B]
+            xb, yb = self.x_train[idx], self.y_train[idx]
+            logits = self.stepper.gradients(xb, yb)
+            self.opt.step()
+            l, c = _stats(logits, yb)
+            run_loss += l.double().reshape(-1)
+            run_correct += c.reshape(-1)
+            seen += yb.shape[-1]
+            if on_step is not None:
+                on_step(1)
+        return (run_loss / seen).tolist(), (run_correct.double() / seen).tolist()
+
+    def evaluate(self):
+        return evaluate(self.stepper, self.x_test, self.y_test, self.K)
+
+    def alignment(self):
+        if self.probe_batch is None:
+            return [{} for _ in self.seeds]
+        return alignment(self.stepper.fused, *self.probe_batch)
+
+
 def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
                 on_step: Callable[[int], None] | None = None,
                 on_epoch: Callable[[list[EpochRecord]], None] | None = None,
@@ -185,51 +249,23 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
     After every epoch the alignment figures of :mod:`rbp.diagnostics` are measured
     on a fixed probe batch (the first ``probe_size`` training examples; 0 turns
     it off).  The probe draws no random numbers, so it does not change training.
+    A network whose loss becomes NaN or infinite is marked ``diverged``; the
+    group stops when all have diverged.
     """
-    spec.validate()
-    seeds = [int(s) for s in seeds]
-    ds = (dataset or datasets.load(spec.dataset)).flat()
-    dev = check_device(spec.device)
-    x_train, y_train = ds.x_train.to(dev), ds.y_train.to(dev)
-    x_test, y_test = ds.x_test.to(dev), ds.y_test.to(dev)
-    K = len(seeds) if len(seeds) > 1 else None
-    model = build(spec, seeds, ds.input_dim, ds.num_classes)
-    stepper = _Stepper(model, spec.driver)
-    opt = KerasSGD([p for p in model.parameters() if p.requires_grad], lr=spec.lr, decay=spec.decay,
-                   momentum=spec.momentum)
-    data_gens = [generator(s, "data") for s in seeds]
-    n, B = x_train.shape[0], spec.batch_size
-    probe = None
-    if probe_size and stepper.fused is not None:
-        px, py = x_train[:probe_size], y_train[:probe_size]
-        probe = (px.unsqueeze(0).expand(K, *px.shape).contiguous(), py.unsqueeze(0).expand(K, -1)) if K \
-            else (px, py)
-    histories: list[list[EpochRecord]] = [[] for _ in seeds]
-    diverged = [False] * len(seeds)
+    tr = Trainer(spec, seeds, dataset, probe_size)
+    histories: list[list[EpochRecord]] = [[] for _ in tr.seeds]
+    diverged = [False] * len(tr.seeds)
     for epoch in range(1, spec.epochs + 1):
         t0 = time.perf_counter()
-        perms = torch.stack([torch.randperm(n, generator=g) for g in data_gens]).to(dev)
-        run_loss = torch.zeros(len(seeds), dtype=torch.float64, device=dev)
-        run_correct = torch.zeros(len(seeds), dtype=torch.int64, device=dev)
-        for i in range(0, n, B):
-            idx = perms[:, i:i + B] if K else perms[0, i:i + B]
-            xb, yb = x_train[idx], y_train[idx]
-            logits = stepper.gradients(xb, yb)
-            opt.step()
-            l, c = _stats(logits, yb)
-            run_loss += l.double().reshape(-1)
-            run_correct += c.reshape(-1)
-            if on_step is not None:
-                on_step(1)
-        test_loss, test_acc = evaluate(stepper, x_test, y_test, K)
+        tl, tc = tr.train_epoch(on_step)
+        test_loss, test_acc = tr.evaluate()
         seconds = time.perf_counter() - t0
-        aligned = alignment(stepper.fused, *probe) if probe is not None else [{} for _ in seeds]
-        tl, tc = (run_loss / n).tolist(), (run_correct.double() / n).tolist()
+        aligned = tr.alignment()
         records = []
-        for k, s in enumerate(seeds):
+        for k, s in enumerate(tr.seeds):
             bad = not (math.isfinite(tl[k]) and math.isfinite(test_loss[k]))
             diverged[k] = diverged[k] or bad
-            rec = EpochRecord(s, epoch, tl[k], tc[k], test_loss[k], test_acc[k], seconds, len(seeds),
+            rec = EpochRecord(s, epoch, tl[k], tc[k], test_loss[k], test_acc[k], seconds, len(tr.seeds),
                               diverged[k], aligned[k])
             histories[k].append(rec)
             records.append(rec)
@@ -237,7 +273,7 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
             on_epoch(records)
         if all(diverged):
             break
-    return model, histories
+    return tr.model, histories
 
 
 def train(spec: TrainSpec, seeds: Sequence[int], dataset=None, ensemble: bool = True, **callbacks):
