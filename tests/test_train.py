@@ -86,3 +86,13 @@ def test_probe_does_not_change_training():
     _, without = train_group(spec, [2], probe_size=0)
     assert [r.train_loss for r in with_probe[0]] == [r.train_loss for r in without[0]]
     assert without[0][0].alignment == {}
+
+
+def test_ensembles_are_split_to_fit_memory():
+    spec = _spec("rbp", epochs=1)
+    from rbp.train import ensemble_capacity
+    assert ensemble_capacity(spec, 64, 10, memory=1 << 40) > 1000
+    assert ensemble_capacity(spec, 64, 10, memory=1) == 1
+    h = train(spec, [0, 1, 2], max_ensemble=2)
+    assert [r[0].ensemble for r in h] == [2, 2, 1]
+    assert [r[0].seed for r in h] == [0, 1, 2]

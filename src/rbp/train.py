@@ -276,14 +276,53 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
     return tr.model, histories
 
 
-def train(spec: TrainSpec, seeds: Sequence[int], dataset=None, ensemble: bool = True, **callbacks):
-    """Train every seed (as one ensemble unless ``ensemble=False``); returns histories per seed."""
+def available_memory(device) -> int:
+    """Bytes of memory free for tensors on ``device`` (an estimate)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
+        return info.get("MemAvailable", info.get("MemFree", 0))
+    except OSError:  # not Linux: assume a laptop-sized budget
+        return 4 << 30
+
+
+def ensemble_capacity(spec: TrainSpec, input_dim: int, num_classes: int, memory: int | None = None) -> int:
+    """How many networks of ``spec`` fit in one ensemble, using at most half the free memory.
+
+    Per network: the parameters with their feedback, gradients and velocities
+    (x4), the activations of a minibatch kept for the learning channel, and the
+    per-example update tensors of the quantized-update operator (formed in chunks).
+    """
+    sizes = [input_dim, *spec.hidden, num_classes]
+    params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    per_net = 4 * (4 * params + 4 * spec.batch_size * sum(sizes))
+    if spec.algorithm.quantize_update:
+        per_net += 4 * spec.batch_size * max(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    memory = available_memory(spec.device) if memory is None else memory
+    return max(1, int(memory // 2 // per_net))
+
+
+def train(spec: TrainSpec, seeds: Sequence[int], dataset=None, ensemble: bool = True,
+          max_ensemble: int | None = None, **callbacks):
+    """Train every seed; returns histories per seed, in the order of ``seeds``.
+
+    With ``ensemble`` (the default) the seeds train together in batched
+    ensembles as large as memory allows (or ``max_ensemble``); otherwise one after
+    another.  The numbers are the same either way, up to float rounding.
+    """
     seeds = list(seeds)
     if not seeds:
         raise ConfigError("need at least one seed")
+    ds = (dataset or datasets.load(spec.dataset)).flat()
     if ensemble:
-        return train_group(spec, seeds, dataset, **callbacks)[1]
+        size = max_ensemble or ensemble_capacity(spec, ds.input_dim, ds.num_classes)
+    else:
+        size = 1
     out = []
-    for s in seeds:
-        out.extend(train_group(spec, [s], dataset, **callbacks)[1])
+    for i in range(0, len(seeds), size):
+        out.extend(train_group(spec, seeds[i:i + size], ds, **callbacks)[1])
     return out
