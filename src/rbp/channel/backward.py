@@ -76,8 +76,7 @@ def weight_update(site, g, x, top: bool, scale: float, error=None, fbk=None):
         # sum_n g_nj x_ni sum_k P_kji E_nk, and likewise for the bias (a synapse from a constant unit)
         gW, gb = site.per_synapse_update(error, g, x, fbk)
     elif alg.quantize_update:
-        gW, gb = site.per_example_update(g, x, lambda u: quantize(u, alg.quantize_update_alpha,
-                                                                    alg.quantize_update), scale)
+        gW, gb = site.per_example_update(g, x, alg.quantize_update_alpha, alg.quantize_update, scale)
     else:
         gW = site.grad_weight(g, x)
         gb = site.grad_bias(g) if site.bias is not None else None

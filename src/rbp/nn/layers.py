@@ -12,11 +12,14 @@ one batched matmul over the ensemble.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..channel.backward import Pass, site_backward
+from ..channel.quantize import quantize
 
 _CHUNK_ELEMENTS = 1 << 24  # per-example updates are formed in chunks of at most this many numbers
 
@@ -96,18 +99,33 @@ class LinearOps:
             gb = (P[..., inp] * eg.sum(-2).unflatten(-1, (n_top, out))).sum(-2)
         return gW, gb
 
-    def per_example_update(self, g, x, q, scale):
-        """(1/scale) sum_n q(scale * g_n x_n^T): each example's update quantized before the sum."""
-        g2, x2 = self._rows2(g), self._rows2(x)
+    def per_example_update(self, g, x, alpha, bits, scale):
+        """(1/scale) sum_n Q(scale * g_n x_n^T): each example's update quantized (Eq. 19) before the sum.
+
+        The exponent of a product is the sum of the factors' exponents, so
+        log2|g| and log2|x| are taken once per vector and only their outer sum,
+        the clamp, the rounding and the power of two are computed per synapse
+        and example (in chunks of at most ``_CHUNK_ELEMENTS`` numbers).
+        """
+        g2, x2 = self._rows2(g) * scale, self._rows2(x)
         n, out, inp = g2.shape[-2], g2.shape[-1], x2.shape[-1]
         lead = g2.shape[:-2]
+        lg = g2.abs().log2_().sub_(math.log2(alpha))
+        lx = x2.abs().log2_()
+        sg, sx = torch.sign(g2), torch.sign(x2)
         gW = g2.new_zeros(*lead, out, inp)
         step = max(1, _CHUNK_ELEMENTS // max(1, out * inp * (lead[0] if lead else 1)))
         for i in range(0, n, step):
-            gi, xi = g2[..., i:i + step, :] * scale, x2[..., i:i + step, :]
-            gW += q(gi.unsqueeze(-1) * xi.unsqueeze(-2)).sum(-3)
-        gb = q(g2 * scale).sum(-2) if self.bias is not None else None
-        return gW.div_(scale), (None if gb is None else gb.div_(scale))
+            sl = slice(i, i + step)
+            e = torch.add(lg[..., sl, :].unsqueeze(-1), lx[..., sl, :].unsqueeze(-2))
+            e.clamp_(-(bits - 1), 0).round_().exp2_()
+            e.mul_(sg[..., sl, :].unsqueeze(-1)).mul_(sx[..., sl, :].unsqueeze(-2))
+            gW += e.sum(-3)
+        gW.mul_(alpha / scale)
+        gb = None
+        if self.bias is not None:
+            gb = quantize(g2, alpha, bits).sum(-2).div_(scale)
+        return gW, gb
 
 
 class FeedbackLinear(LinearOps, nn.Module):
