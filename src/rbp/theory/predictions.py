@@ -24,14 +24,13 @@ two can be compared.
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import numpy as np
 from numpy.polynomial import Polynomial
 from scipy.optimize import brentq
 
 from ..errors import ConfigError
-from .linear import chain_feedback, signed_power
+from .linear import chain_feedback
 
 __all__ = [
     "real_roots",

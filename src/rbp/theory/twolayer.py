@@ -28,9 +28,12 @@ Implementation notes (our choices, also in ``docs/theory.md``):
 * Inputs are ``x ~ N(0, I_d / d)`` (so ``|x| ~ 1`` and ``w_r . x ~ N(0,1)``);
   targets are ``y = X theta`` with ``theta ~ N(0, I_d)`` (linear model) or
   the output of a random teacher network rescaled to unit root mean square.
-* The default step size is ``eta = 1 / lambda_max(K)`` where
+* The default step size is ``eta = s / lambda_max(K)`` where
   ``K = (1/p) Phi Phi^T`` is the kernel of the output layer at
-  initialisation (largest over the runs).
+  initialisation (largest over the runs), ``s = 1`` without penalty and
+  ``s = 0.2`` with one (the penalty makes ``W`` grow without bound, and the
+  kernel with it, so a step that starts at the edge of stability would
+  eventually diverge).
 """
 
 from __future__ import annotations
@@ -59,21 +62,25 @@ ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid")
 
 
 def activation(name: str):
-    """Return ``(psi, psi')`` for one of :data:`ACTIVATIONS`."""
+    """Return ``(psi, psi_and_grad)`` for one of :data:`ACTIVATIONS`.
+
+    ``psi_and_grad(z)`` gives ``(psi(z), psi'(z))`` sharing the work
+    (e.g. ``tanh' = 1 - tanh^2``).
+    """
     if name == "linear":
-        return (lambda z: z), (lambda z: torch.ones_like(z))
+        return (lambda z: z), (lambda z: (z, torch.ones_like(z)))
     if name == "relu":
-        return torch.relu, (lambda z: (z > 0).to(z.dtype))
+        return torch.relu, (lambda z: (torch.relu(z), (z > 0).to(z.dtype)))
     if name == "tanh":
-        def dtanh(z):
+        def tanh_grad(z):
             t = torch.tanh(z)
-            return 1 - t * t
-        return torch.tanh, dtanh
+            return t, 1 - t * t
+        return torch.tanh, tanh_grad
     if name == "sigmoid":
-        def dsig(z):
+        def sig_grad(z):
             s = torch.sigmoid(z)
-            return s * (1 - s)
-        return torch.sigmoid, dsig
+            return s, s * (1 - s)
+        return torch.sigmoid, sig_grad
     raise ConfigError(f"unknown activation {name!r}: choose from {', '.join(ACTIVATIONS)}")
 
 
@@ -145,8 +152,8 @@ def train_two_layer(
     d: int = 150,
     steps: int = 2000,
     eta: float | None = None,
-    eta_scale: float = 0.2,
-    tol: float = 0.0,
+    eta_scale: float | None = None,
+    tol: float = 1e-18,
     algorithm: str = "fa",
     target: str = "linear",
     seed: int = 0,
@@ -161,7 +168,9 @@ def train_two_layer(
     (``Z = X W``, cheaper when ``n <= d``), ``'w'`` (``W`` itself) or
     ``'auto'``. Loss is ``1/2 |f - y|^2`` without the penalty.
     Without an explicit ``eta`` the step size is
-    ``eta_scale / lambda_max((1/p) Phi Phi^T)`` at initialisation.
+    ``eta_scale / lambda_max((1/p) Phi Phi^T)`` at initialisation, with
+    ``eta_scale`` 1 for ``lam == 0`` and 0.2 for ``lam > 0`` by default (with a
+    penalty the weights ``W`` keep growing, and so does the kernel).
     Training stops early once every run's loss is below ``tol``; a run whose
     loss becomes non-finite or grows 1e6-fold above its minimum is reported
     as diverged (``result.diverged``).
@@ -176,7 +185,7 @@ def train_two_layer(
         raise ConfigError(f"step size must be positive, got {eta}")
     if record_every < 1:
         raise ConfigError("record_every must be at least 1")
-    psi, dpsi = activation(activation_name)
+    psi, psi_grad = activation(activation_name)
     if threads is not None:
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
@@ -193,6 +202,8 @@ def train_two_layer(
     if use_z:
         G = X @ X.transpose(1, 2)  # (R, n, n)
     if eta is None:
+        if eta_scale is None:
+            eta_scale = 1.0 if lam == 0 else 0.2
         if not eta_scale > 0:
             raise ConfigError(f"eta_scale must be positive, got {eta_scale}")
         eta = eta_scale * default_step_size(psi(Z), width)
@@ -201,7 +212,7 @@ def train_two_layer(
     diverged = torch.zeros(runs, dtype=torch.bool)
     last = steps
     for step in range(steps + 1):
-        Phi = psi(Z)
+        Phi, dPhi = psi_grad(Z)
         f = (Phi @ beta.unsqueeze(-1)).squeeze(-1) / sp
         e = f - y
         loss = 0.5 * e.pow(2).sum(-1)
@@ -217,7 +228,7 @@ def train_two_layer(
             break
         back = b if algorithm == "fa" else beta
         # (R, n, p): psi'(Z) * (e b^T)
-        M = dpsi(Z) * (e.unsqueeze(-1) * back.unsqueeze(1))
+        M = dPhi * (e.unsqueeze(-1) * back.unsqueeze(1))
         beta = beta - eta * ((Phi.transpose(1, 2) @ e.unsqueeze(-1)).squeeze(-1) / sp + lam * beta)
         if use_z:
             Z = Z - (eta / sp) * (G @ M)

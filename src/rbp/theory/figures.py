@@ -1,0 +1,219 @@
+"""Pictures of the theory workbench (matplotlib, Agg backend, PNG files).
+
+Each function draws one figure, writes it to ``path`` and returns the path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from . import linear, predictions  # noqa: E402
+from .checks import random_chain_problem  # noqa: E402
+
+__all__ = [
+    "vector_field_a111",
+    "chain_trajectories",
+    "autoencoder_convergence",
+    "nonlinear_trajectories",
+    "two_layer_alignment",
+    "two_layer_loss_curves",
+    "make_all",
+]
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def vector_field_a111(path, *, c1: float = 1.0, alpha: float = 1.0, beta: float = 1.0,
+                      lim: float = 3.5, starts=None) -> Path:
+    """Vector field of RBP on ``A(1,1,1)`` (paper 1, Fig. 11), with trajectories.
+
+    Shows the critical hyperbola ``a1 a2 = alpha/beta`` split into stable and
+    unstable parts, the parabola ``a1^2 + c1 a2 = 0`` that separates them,
+    and a few integrated trajectories (which follow parabolas
+    ``a2 = a1^2/(2 c1) + const``) ending on stable fixed points.
+    """
+    fig, ax = plt.subplots(figsize=(7, 7.6))
+    g = np.linspace(-lim, lim, 29)
+    A1, A2 = np.meshgrid(g, g)
+    err = alpha - beta * A1 * A2
+    U, V = c1 * err, A1 * err
+    speed = np.hypot(U, V)
+    # dP/dt = (alpha - beta P)(a1^2 + c1 a2): arrows coloured by its sign
+    dP = err * (A1 ** 2 + c1 * A2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for mask, col, lab in [(dP > 0, "#8fb8de", "dP/dt > 0"), (dP <= 0, "#f2b880", "dP/dt < 0")]:
+            ax.quiver(A1[mask], A2[mask], (U / speed)[mask], (V / speed)[mask], color=col,
+                      angles="xy", scale=45, width=0.0025, label=f"direction of flow ({lab})")
+    x = np.linspace(-lim, lim, 2001)
+    x = x[np.abs(x) > 1e-3]
+    y = alpha / (beta * x)
+    unstable = x ** 2 + c1 * y < 0
+    ys = np.where(unstable | (np.abs(y) > lim), np.nan, y)
+    yu = np.where(~unstable | (np.abs(y) > lim), np.nan, y)
+    ax.plot(x, ys, color="tab:green", lw=2.5, label=r"stable fixed points ($a_1 a_2=\alpha/\beta$)")
+    ax.plot(x, yu, color="tab:red", lw=2.5, label=r"unstable fixed points ($a_1^2 + c_1 a_2 < 0$)")
+    ax.plot(x, -x ** 2 / c1, "k--", lw=1, label=r"parabola $a_1^2 + c_1 a_2 = 0$")
+    if starts is None:
+        starts = [(-1.2, -2.9), (-0.8, -2.0), (-0.6, -1.0), (0.3, -2.8), (-2.8, 1.0), (-1.5, -0.2),
+                  (1.5, -2.0), (2.5, 2.5), (0.2, 0.2), (-1.0, 2.5)]
+    for i, s in enumerate(starts):
+        tr = linear.integrate_chain(s, [c1], alpha, beta, t_max=200)
+        ax.plot(tr.y[:, 0], tr.y[:, 1], color="tab:blue", lw=1.2,
+                label="trajectories" if i == 0 else None)
+        ax.plot(*s, "o", color="tab:blue", ms=4)
+        ax.plot(*tr.final, "*", color="navy", ms=9, label="end point" if i == 0 else None)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_xlabel(r"$a_1$ (lower weight)")
+    ax.set_ylabel(r"$a_2$ (upper weight)")
+    ax.set_title(rf"RBP on A(1,1,1): vector field, $c_1={c1:g}$, $\alpha={alpha:g}$, $\beta={beta:g}$")
+    ax.axhline(0, color="0.8", lw=0.5)
+    ax.axvline(0, color="0.8", lw=0.5)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, fontsize=8)
+    return _save(fig, path)
+
+
+def chain_trajectories(path, *, depths=(2, 3, 4, 5), seed: int = 0) -> Path:
+    """Weights of RBP chains against time, with the predicted limits dashed."""
+    fig, axes = plt.subplots(1, len(depths), figsize=(4.2 * len(depths), 3.8), squeeze=False)
+    rng = np.random.default_rng(seed)
+    for ax, L in zip(axes[0], depths):
+        a0, c, alpha, beta = random_chain_problem(L, rng)
+        tr = linear.integrate_chain(a0, c, alpha, beta)
+        pred = predictions.chain_fixed_point(a0, c, alpha, beta)
+        t = np.maximum(tr.t, 1e-3)
+        for i in range(L):
+            line, = ax.plot(t, tr.y[:, i], lw=1.5, label=f"$a_{i + 1}$")
+            ax.axhline(pred[i], color=line.get_color(), ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("time t")
+        ax.set_ylabel("weight")
+        diff = float(np.max(np.abs(pred - tr.final)))
+        ax.set_title(f"chain, L={L}: |pred - sim| = {diff:.1e}", fontsize=10)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle("RBP weight trajectories of A(1,...,1) chains (dashed: limits predicted by Thm 4)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def autoencoder_convergence(path, *, n: int = 5, seed: int = 0) -> Path:
+    """Distances of ``A`` to ``t* C`` and of ``BA`` to ``C^T C/|C|^2`` (Thm 6), and Lemma 1's invariant."""
+    rng = np.random.default_rng(seed)
+    A0, B0, C = rng.normal(size=n) * 0.5, rng.normal(size=n) * 0.5, rng.normal(size=n)
+    tr = linear.integrate_autoencoder(A0, B0, C)
+    p = predictions.autoencoder_fixed_point(A0, B0, C)
+    A, B = tr.y[:, :n], tr.y[:, n:]
+    dA = np.max(np.abs(A - p["A"]), axis=1)
+    dP = np.array([np.max(np.abs(np.outer(b, a) - p["P"])) for a, b in zip(A, B)])
+    inv = np.array([predictions.autoencoder_invariant(a, b, C) for a, b in zip(A, B)])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    t = np.maximum(tr.t, 1e-3)
+    ax1.semilogy(t, dA, label=r"$\max|A - t^* C|$")
+    ax1.semilogy(t, dP, label=r"$\max|BA - C^TC/|C|^2|$")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("time t")
+    ax1.set_ylabel("distance to the predicted limit")
+    ax1.set_title(f"autoencoder A({n},1,{n}): Thm 6, t* = {p['t']:.4f}", fontsize=10)
+    ax1.legend(fontsize=8)
+    ax2.plot(t, inv - inv[0])
+    ax2.set_xscale("log")
+    ax2.set_xlabel("time t")
+    ax2.set_ylabel(r"$(CB - |A|^2/2) - K$")
+    ax2.set_title("Lemma 1: the invariant stays constant", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def nonlinear_trajectories(path, *, mu: float = 2.0, seed: int = 0) -> Path:
+    """Power-unit ``A(1,1,1)``: with ``f'`` the weights settle (Thm 12), without it ``a1`` drifts."""
+    rng = np.random.default_rng(seed)
+    mom = linear.nonlinear_moments_uniform(mu)
+    c1 = float(rng.uniform(0.5, 1.5))
+    a0 = rng.uniform(0.2, 1.5, 2)
+    t_max = 200.0
+    w = linear.integrate_nonlinear(a0, mu, c1, mom, "fprime", t_max=t_max, stop_at_rest=False)
+    wo = linear.integrate_nonlinear(a0, mu, c1, mom, "no-fprime", t_max=t_max, stop_at_rest=False)
+    pred = predictions.nonlinear_fixed_point(a0, mu, c1, mom["alpha"], mom["beta"])
+    drift = predictions.nonlinear_no_fprime_drift(mu, c1, mom)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, name in enumerate(["$a_1$", "$a_2$"]):
+        line, = ax1.plot(np.maximum(w.t, 1e-3), w.y[:, i], label=f"{name}, with f'")
+        ax1.axhline(pred[i], color=line.get_color(), ls="--", lw=0.8)
+        ax2.plot(wo.t, wo.y[:, i], label=f"{name}, without f'")
+    ax2.plot(wo.t, a0[0] + drift["drift_rate"] * wo.t, "k:", lw=1,
+             label=r"slope $c_1(\gamma - \delta\alpha/\beta)$ (predicted drift)")
+    ax1.set_xscale("log")
+    ax1.set_title(f"with f' (mu={mu:g}): converges to Thm 12's root (dashed)", fontsize=10)
+    ax2.set_title("without f': no fixed point, a1 keeps drifting", fontsize=10)
+    for ax in (ax1, ax2):
+        ax.set_xlabel("time t")
+        ax.set_ylabel("weight")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def two_layer_alignment(path, records, *, activation: str = "") -> Path:
+    """Alignment ``cos(b, beta)`` against width, one line per lambda (mean +- sd over runs)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    lams = sorted({r["lam"] for r in records})
+    for lam in lams:
+        rs = sorted((r for r in records if r["lam"] == lam), key=lambda r: r["width"])
+        w = [r["width"] for r in rs]
+        m = np.array([r["alignment_mean"] for r in rs])
+        s = np.array([r["alignment_sd"] for r in rs])
+        ax.errorbar(w, m, yerr=s, marker="o", capsize=3, label=rf"$\lambda={lam:g}$")
+    ax.set_xscale("log", base=2)
+    widths = sorted({r["width"] for r in records})
+    ax.set_xticks(widths)
+    ax.set_xticklabels([str(w) for w in widths])
+    ax.minorticks_off()
+    ax.set_xlabel("hidden width p")
+    ax.set_ylabel(r"alignment $\cos(b, \beta)$")
+    ax.set_ylim(-0.05, 1.0)
+    ax.axhline(0, color="0.7", lw=0.5)
+    r0 = records[0]
+    ax.set_title(f"Feedback alignment, two-layer {activation} network: alignment vs width\n"
+                 f"n={r0['n']}, d={r0['d']}, {r0['runs']} runs per point, target: {r0['target']}",
+                 fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def two_layer_loss_curves(path, curves, *, activation: str = "") -> Path:
+    """Training loss against step, log scale (``curves``: list of (label, steps, mean loss))."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, steps, loss in curves:
+        ax.semilogy(steps, loss, label=label)
+    ax.set_xlabel("gradient step")
+    ax.set_ylabel(r"training loss $\frac{1}{2}|f - y|^2$ (mean over runs)")
+    ax.set_title(f"Feedback alignment, two-layer {activation} network: loss curves")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def make_all(out_dir, *, seed: int = 0) -> list[Path]:
+    """The ODE figures (the two-layer ones come from ``rbp theory sweep``)."""
+    out = Path(out_dir)
+    os.makedirs(out, exist_ok=True)
+    return [
+        vector_field_a111(out / "a111_vector_field.png"),
+        chain_trajectories(out / "chain_trajectories.png", seed=seed),
+        autoencoder_convergence(out / "autoencoder.png", seed=seed),
+        nonlinear_trajectories(out / "nonlinear.png", seed=seed),
+    ]

@@ -1,0 +1,104 @@
+"""``rbp theory ...`` through ``register`` (as the main CLI will call it)."""
+
+import argparse
+import json
+
+import pytest
+
+from rbp.errors import ConfigError
+from rbp.theory.__main__ import main
+from rbp.theory.cli import register
+
+
+def run(capsys, *argv):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["theory", *argv])
+    code = args.func(args)
+    out = capsys.readouterr().out
+    return code, out
+
+
+def last_json(out):
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
+def test_chain_json(capsys, depth):
+    code, out = run(capsys, "chain", "--depth", str(depth), "--seed", "3", "--json")
+    r = last_json(out)
+    assert code == 0
+    assert {"predicted", "simulated", "max_abs_diff"} <= set(r)
+    assert len(r["predicted"]) == depth and r["max_abs_diff"] < 1e-6
+    assert r["degree"] == 2 ** depth - 1
+
+
+def test_chain_text_and_explicit_start(capsys):
+    code, out = run(capsys, "chain", "--depth", "2", "--a0", "-0.5", "-1.5", "--c", "1",
+                    "--alpha", "1", "--beta", "1")
+    assert code == 0 and "AGREE" in out and "degree 3" in out
+
+
+def test_chain_divergence_is_reported_not_a_number(capsys):
+    # beta < 0 is no second moment, but it is Thm 1's case of a positive leading coefficient
+    code, out = run(capsys, "chain", "--depth", "2", "--a0", "2", "2", "--c", "1", "--alpha", "1",
+                    "--beta", "-1", "--json")
+    r = last_json(out)
+    assert code == 0 and r["status"] == "diverges" and r["predicted"] is None and r["max_abs_diff"] is None
+
+
+@pytest.mark.parametrize("argv", [["expansive", "--n", "3"], ["expansive", "--n", "2", "--method", "gd"],
+                                  ["autoencoder", "--n", "4"], ["general", "--sizes", "3", "4", "2"],
+                                  ["general", "--sizes", "2", "2", "2", "--identity"],
+                                  ["nonlinear", "--mu", "2"], ["nonlinear", "--mu", "1", "--no-fprime"]])
+def test_other_checks_agree(capsys, argv):
+    code, out = run(capsys, *argv, "--json")
+    r = last_json(out)
+    assert code == 0 and r["agree"] and r["max_abs_diff"] < 1e-6
+
+
+def test_nonlinear_without_fprime_shows_no_fixed_point(capsys):
+    code, out = run(capsys, "nonlinear", "--mu", "3", "--no-fprime")
+    assert code == 0 and "no fixed point" in out
+    code, out = run(capsys, "nonlinear", "--mu", "3", "--no-fprime", "--json")
+    r = last_json(out)
+    assert r["status"] == "no fixed point" and r["predicted"] is None and r["simulated"] is None
+
+
+def test_two_layer_json(capsys):
+    code, out = run(capsys, "two-layer", "--activation", "tanh", "--width", "200", "--lam", "0.1",
+                    "--runs", "2", "--n", "10", "--d", "20", "--steps", "300", "--threads", "1", "--json")
+    r = last_json(out)
+    assert code == 0
+    assert {"alignment_mean", "alignment_sd", "loss_mean"} <= set(r) and r["runs"] == 2
+
+
+def test_sweep_and_figures_write_files(capsys, tmp_path):
+    code, out = run(capsys, "sweep", "--widths", "50", "100", "--lams", "0", "0.1", "--runs", "2",
+                    "--n", "8", "--d", "16", "--steps", "200", "--threads", "1", "--out", str(tmp_path), "--json")
+    r = last_json(out)
+    assert code == 0 and len(r["records"]) == 4
+    assert all((tmp_path / f).exists() for f in ["sweep_relu_linear.json", "alignment_relu_linear.png",
+                                                  "loss_relu_linear.png"])
+    code, out = run(capsys, "figures", "--out", str(tmp_path / "figs"), "--json")
+    files = last_json(out)["files"]
+    assert code == 0 and len(files) == 4
+    assert all((tmp_path / "figs" / f).stat().st_size > 10_000 for f in
+               ["a111_vector_field.png", "chain_trajectories.png", "autoencoder.png", "nonlinear.png"])
+
+
+@pytest.mark.parametrize("argv", [["chain", "--depth", "0"], ["chain", "--depth", "2", "--a0", "1"],
+                                  ["chain", "--depth", "2", "--c", "0"], ["expansive", "--n", "0"],
+                                  ["autoencoder", "--n", "-1"], ["general", "--sizes", "2", "3", "2", "--identity"],
+                                  ["nonlinear", "--mu", "0"], ["two-layer", "--width", "-5"],
+                                  ["two-layer", "--lam", "-1"], ["sweep", "--widths", "0"]])
+def test_bad_input_raises_config_error(capsys, argv):
+    with pytest.raises(ConfigError):
+        run(capsys, *argv)
+
+
+def test_module_entry_point_turns_errors_into_exit_2(capsys):
+    assert main(["chain", "--depth", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "depth" in err
+    assert main(["chain", "--depth", "2", "--json"]) == 0
