@@ -4,6 +4,10 @@
 (MNIST: 784-100-100-100-100-10, tanh hidden units, softmax output folded into
 the loss), with Glorot scaled-normal weights, N(0, 2/(fan_in + fan_out)), and
 zero biases, as Keras initialised them.
+
+``cifar_convnet(...)`` builds paper 1's CIFAR-10 network: 3 x [conv 5x5, 64
+tanh channels, stride 1 -> max-pool 3x3 stride 2], dense 1024 tanh, softmax
+output (folded into the loss).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from .channel.feedback import glorot_std
 from .channel.noise import generator
 from .errors import ConfigError
 from .nn.activations import activation as get_activation
+from .nn.conv import kernel_glorot_std
 from .nn.layers import StackedLinear
 
 MNIST_SIZES = (784, 100, 100, 100, 100, 10)
@@ -75,3 +80,61 @@ def mlp(sizes: Sequence[int], activation: str = "tanh", *, seed: int | None = No
         if i < len(sizes) - 2:
             layers.append(act.module())
     return nn.Sequential(*layers)
+
+
+def _pooled(size: int, kernel: int = 3, stride: int = 2) -> int:
+    return (size - kernel) // stride + 1
+
+
+def cifar_convnet(in_channels: int = 3, image_size: int = 32, num_classes: int = 10, activation: str = "tanh",
+                  seed: int | None = None, *, channels: int = 64, hidden: int = 1024,
+                  blocks: int = 3) -> nn.Sequential:
+    """Paper 1's CIFAR-10 network (section 4.3) as an ``nn.Sequential``.
+
+    ``blocks`` x [Conv2d(k=5, ``channels``, stride 1, padding 2), activation,
+    MaxPool2d(3, stride 2)], Flatten, Linear(-> ``hidden``), activation,
+    Linear(``hidden`` -> ``num_classes``); pair the logits with ``cross_entropy``
+    (softmax output).  Weights are Glorot scaled-normal (kernels: fan_in = C*5*5,
+    fan_out = O*5*5, as Keras), biases zero, drawn from the ``init`` stream of
+    ``seed``.
+
+    Padding: the paper does not say; the convolutions are "same" (padding 2), so
+    only the pooling shrinks the map (32 -> 15 -> 7 -> 3 for CIFAR-10, 28 -> 13 ->
+    6 -> 2 for MNIST-sized images).  With "valid" convolutions a 32x32 image would
+    leave no spatial extent after the third convolution (32 -> 28 -> 13 -> 9 -> 4 -> 0).
+
+    The model carries ``input_shape`` = (in_channels, image_size, image_size) so a
+    trainer can make the ``example_input`` that :func:`rbp.convert` needs for the
+    skipped route.  ``channels`` and ``hidden`` (64 and 1024 in the paper) exist to
+    make small test networks.
+    """
+    for key, v in (("in_channels", in_channels), ("image_size", image_size), ("num_classes", num_classes),
+                   ("channels", channels), ("hidden", hidden), ("blocks", blocks)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {v!r}")
+    act = get_activation(activation)
+    gen = generator(seed, "init")
+    layers: list[nn.Module] = []
+    size, ch = image_size, in_channels
+    for b in range(blocks):
+        conv = nn.Conv2d(ch, channels, kernel_size=5, stride=1, padding=2)
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen).mul_(kernel_glorot_std(conv.weight.shape)))
+            conv.bias.zero_()
+        size = _pooled(size)
+        if size < 1:
+            raise ConfigError(f"image_size {image_size} is too small for {blocks} conv blocks "
+                              f"(the map vanishes after block {b + 1}); use at least 15 pixels for 3 blocks")
+        layers += [conv, act.module(), nn.MaxPool2d(3, stride=2)]
+        ch = channels
+    layers.append(nn.Flatten())
+    for n_in, n_out, last in ((ch * size * size, hidden, False), (hidden, num_classes, True)):
+        lin = nn.Linear(n_in, n_out)
+        glorot_(lin.weight, gen)
+        nn.init.zeros_(lin.bias)
+        layers.append(lin)
+        if not last:
+            layers.append(act.module())
+    model = nn.Sequential(*layers)
+    model.input_shape = (in_channels, image_size, image_size)
+    return model

@@ -22,17 +22,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import augment as augmentation
 from . import data as datasets
 from .channel.algorithm import Algorithm, algorithm as make_algorithm
 from .channel.noise import generator
 from .errors import ConfigError
 from .diagnostics import alignment
-from .models import mlp
+from .models import cifar_convnet, mlp
 from .nn.convert import convert
 from .nn.fused import FusedNetwork, softmax_xent_grad
 from .optim import KerasSGD
 
 PAPER_HIDDEN = (100, 100, 100, 100)
+
+# Network families a TrainSpec can name: "mlp" (sizes from ``hidden``) or paper 1's CIFAR-10
+# convolutional network (rbp.models.cifar_convnet; ``hidden`` is not used).
+MODELS = ("mlp", "convnet", "cifar_convnet")
+CONV_MODELS = {"convnet": cifar_convnet, "cifar_convnet": cifar_convnet}
+CONV_WEIGHT_LAYERS = 5     # 3 conv + 2 dense
 
 
 @dataclass
@@ -51,6 +58,8 @@ class TrainSpec:
     device: str = "cpu"
     driver: str = "fused"      # "fused" or "autograd"
     frozen: tuple = ()         # 1-based indices of weight layers that do not learn
+    model: str = "mlp"         # "mlp" or "convnet" (alias "cifar_convnet"): see MODELS
+    augment: bool = False      # random translations (<= 10 %) and horizontal flips, per minibatch
 
     def validate(self):
         if self.dataset not in datasets.DATASETS:
@@ -69,7 +78,11 @@ class TrainSpec:
             raise ConfigError(f"hidden sizes must be positive integers, got {self.hidden!r}")
         if self.driver not in ("fused", "autograd"):
             raise ConfigError(f"driver must be 'fused' or 'autograd', got {self.driver!r}")
-        n_layers = len(self.hidden) + 1
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if not isinstance(self.augment, bool):
+            raise ConfigError(f"augment must be true or false, got {self.augment!r}")
+        n_layers = len(self.hidden) + 1 if self.model == "mlp" else CONV_WEIGHT_LAYERS
         for h in self.frozen:
             if not (isinstance(h, int) and 1 <= h <= n_layers):
                 raise ConfigError(f"frozen layer {h!r} out of range 1..{n_layers}")
@@ -107,13 +120,27 @@ class EpochRecord:
         return row
 
 
-def build(spec: TrainSpec, seeds: Sequence[int], input_dim: int, num_classes: int) -> nn.Module:
-    """The converted network for ``seeds`` (an ensemble when more than one)."""
-    sizes = [input_dim, *spec.hidden, num_classes]
+def build(spec: TrainSpec, seeds: Sequence[int], input_dim: int, num_classes: int,
+          input_shape: tuple | None = None) -> nn.Module:
+    """The converted network for ``seeds`` (an ensemble when more than one).
+
+    Convolutional models (``spec.model`` in CONV_MODELS) need the image shape
+    ``input_shape`` = (C, H, W) and train one seed at a time.
+    """
     seeds = list(seeds)
-    ensemble = seeds if len(seeds) > 1 else None
-    model = mlp(sizes, spec.activation, seed=seeds[0], ensemble=ensemble)
-    model = convert(model, spec.algorithm, seed=seeds if ensemble else seeds[0], inplace=True)
+    if spec.model in CONV_MODELS:
+        if len(seeds) > 1:
+            raise ConfigError(f"model {spec.model!r} trains one seed at a time, got {len(seeds)} seeds at once")
+        if input_shape is None or len(input_shape) != 3 or input_shape[1] != input_shape[2]:
+            raise ConfigError(f"model {spec.model!r} needs square images (C, H, H), got input shape {input_shape}")
+        model = CONV_MODELS[spec.model](input_shape[0], input_shape[1], num_classes, spec.activation, seed=seeds[0])
+        model = convert(model, spec.algorithm, seed=seeds[0], inplace=True,
+                        example_input=torch.zeros(1, *input_shape))
+    else:
+        sizes = [input_dim, *spec.hidden, num_classes]
+        ensemble = seeds if len(seeds) > 1 else None
+        model = mlp(sizes, spec.activation, seed=seeds[0], ensemble=ensemble)
+        model = convert(model, spec.algorithm, seed=seeds if ensemble else seeds[0], inplace=True)
     weights = [m for m in model.modules() if hasattr(m, "weight") and hasattr(m, "channel")]
     for h in spec.frozen:
         for p in (weights[h - 1].weight, weights[h - 1].bias):
@@ -183,12 +210,18 @@ class Trainer:
         spec.validate()
         self.spec = spec
         self.seeds = [int(s) for s in seeds]
-        ds = (dataset or datasets.load(spec.dataset)).flat()
+        raw = dataset or datasets.load(spec.dataset)
+        self.image_shape = raw.input_shape          # before flattening (augmentation needs it)
+        conv = spec.model in CONV_MODELS
+        if (conv or spec.augment) and len(self.image_shape) != 3:
+            raise ConfigError(f"{'model ' + repr(spec.model) if conv else 'augment'} needs image inputs "
+                              f"(C, H, W); the dataset's inputs have shape {self.image_shape}")
+        ds = raw if conv else raw.flat()             # conv nets keep the image layout
         dev = check_device(spec.device)
         self.x_train, self.y_train = ds.x_train.to(dev), ds.y_train.to(dev)
         self.x_test, self.y_test = ds.x_test.to(dev), ds.y_test.to(dev)
         self.K = len(self.seeds) if len(self.seeds) > 1 else None
-        self.model = build(spec, self.seeds, ds.input_dim, ds.num_classes)
+        self.model = build(spec, self.seeds, ds.input_dim, ds.num_classes, self.image_shape)
         self.stepper = _Stepper(self.model, spec.driver)
         self.opt = KerasSGD([p for p in self.model.parameters() if p.requires_grad], lr=spec.lr,
                             decay=spec.decay, momentum=spec.momentum)
@@ -213,6 +246,11 @@ class Trainer:
         n, B, K = self.x_train.shape[0], self.spec.batch_size, self.K
         dev = self.x_train.device
         perms = torch.stack([torch.randperm(n, generator=g) for g in self.data_gens]).to(dev)
+        aug = None
+        if self.spec.augment:   # a few numbers per image from each network's data stream, moved once
+            drawn = [augmentation.draw(n, self.image_shape, g) for g in self.data_gens]
+            aug = augmentation.Params(torch.stack([p.dy for p in drawn]), torch.stack([p.dx for p in drawn]),
+                                      torch.stack([p.flip for p in drawn])).to(dev)
         run_loss = torch.zeros(len(self.seeds), dtype=torch.float64, device=dev)
         run_correct = torch.zeros(len(self.seeds), dtype=torch.int64, device=dev)
         seen = 0
@@ -221,6 +259,8 @@ class Trainer:
                 break
             idx = perms[:, i:i + B] if K else perms[0, i:i + B]
             xb, yb = self.x_train[idx], self.y_train[idx]
+            if aug is not None:
+                xb = self._augment(xb, aug[:, i:i + B] if K else aug[0, i:i + B])
             logits = self.stepper.gradients(xb, yb)
             self.opt.step()
             l, c = _stats(logits, yb)
@@ -230,6 +270,12 @@ class Trainer:
             if on_step is not None:
                 on_step(1)
         return (run_loss / seen).tolist(), (run_correct.double() / seen).tolist()
+
+    def _augment(self, xb, params):
+        """Translate and flip a minibatch on the device (flat MLP inputs are viewed as images)."""
+        if self.spec.model in CONV_MODELS:
+            return augmentation.apply(xb, params)
+        return augmentation.apply(xb.reshape(*xb.shape[:-1], *self.image_shape), params).reshape(xb.shape)
 
     def evaluate(self):
         return evaluate(self.stepper, self.x_test, self.y_test, self.K)
@@ -317,8 +363,10 @@ def train(spec: TrainSpec, seeds: Sequence[int], dataset=None, ensemble: bool = 
     seeds = list(seeds)
     if not seeds:
         raise ConfigError("need at least one seed")
-    ds = (dataset or datasets.load(spec.dataset)).flat()
-    if ensemble:
+    ds = dataset or datasets.load(spec.dataset)    # Trainer flattens it for MLPs
+    if spec.model in CONV_MODELS:
+        size = 1                                     # conv nets: one seed after another
+    elif ensemble:
         size = max_ensemble or ensemble_capacity(spec, ds.input_dim, ds.num_classes)
     else:
         size = 1

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ConfigError
-from . import feedback as fb
 from .quantize import quantize
 
 
@@ -113,13 +112,12 @@ def feedback_matrix(site, weight, fbk, probe: bool = False):
 
 def _resample(site, spec, weight, fbk):
     shape = fbk.shape[1:] if site.ensemble else fbk.shape
-    noise = site.channel.noise
-    gens = noise.generators(fbk.device)
+    gens = site.channel.noise.generators(fbk.device)
     chained = site.algorithm.route != "skip"
 
     def one(gen, w):
-        return fb.sample(spec, shape, chained=chained, generator=gen, forward_sign=w,
-                         dtype=fbk.dtype, device=fbk.device)
+        return site.sample_feedback(spec, tuple(shape), chained=chained, generator=gen, forward_sign=w,
+                                    dtype=fbk.dtype, device=fbk.device)
 
     if not site.ensemble:
         return one(gens[0], weight)

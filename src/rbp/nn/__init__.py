@@ -1,7 +1,9 @@
 """How the learning channel attaches to torch modules."""
 
 from .activations import ACTIVATIONS, NoDerivative
+from .conv import ConvOps, FeedbackConv2d
 from .convert import LearningChannel, convert
 from .layers import FeedbackLinear, StackedLinear
 
-__all__ = ["ACTIVATIONS", "NoDerivative", "LearningChannel", "convert", "FeedbackLinear", "StackedLinear"]
+__all__ = ["ACTIVATIONS", "NoDerivative", "LearningChannel", "convert", "FeedbackLinear", "StackedLinear",
+           "ConvOps", "FeedbackConv2d"]

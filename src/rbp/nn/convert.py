@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 
 import torch
@@ -14,11 +15,17 @@ from ..channel.backward import Pass
 from ..channel.noise import Noise, generator
 from ..errors import ConfigError, UnsupportedModelError
 from .activations import ELEMENTWISE, NoDerivative
+from .conv import FeedbackConv2d
 from .layers import FeedbackLinear, StackedLinear
 
-# Modules without weights whose backward is the ordinary one (autograd's).
-STRUCTURAL = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Softmax, nn.LogSoftmax)
+# Modules between weight layers whose backward is the ordinary one (autograd's): they route,
+# reshape, mask or normalise the signal the channel delivers (see docs/conv.md).  BatchNorm's own
+# affine parameters learn from that signal by autograd's rule.
+STRUCTURAL = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Softmax, nn.LogSoftmax,
+              nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+              nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.BatchNorm1d, nn.BatchNorm2d)
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+SITES = (FeedbackLinear, FeedbackConv2d)
 
 
 class LearningChannel:
@@ -55,12 +62,18 @@ def _seed_list(seed, ensemble):
 
 
 def _weight_layers(model: nn.Module):
-    """The model's linear layers in registration order; refuse anything unsupported."""
+    """The model's linear and conv layers in registration order; refuse anything unsupported."""
     found, bad = [], []
     for name, mod in model.named_modules():
-        if isinstance(mod, FeedbackLinear):
+        if isinstance(mod, SITES):
             raise ConfigError(f"layer {name or 'model'!r} is already converted; convert the original model")
-        if isinstance(mod, (nn.Linear, StackedLinear)):
+        if isinstance(mod, nn.Conv2d):
+            if mod.groups != 1 or mod.padding_mode != "zeros":
+                what = f"groups={mod.groups}" if mod.groups != 1 else f"padding_mode={mod.padding_mode!r}"
+                bad.append(f"{name or 'model'} (Conv2d with {what})")
+            else:
+                found.append((name, mod))
+        elif isinstance(mod, (nn.Linear, StackedLinear)):
             found.append((name, mod))
         elif isinstance(mod, ELEMENTWISE + STRUCTURAL + CONTAINERS + (NoDerivative,)):
             continue
@@ -71,9 +84,10 @@ def _weight_layers(model: nn.Module):
     if bad:
         raise UnsupportedModelError(
             "unsupported layer(s): " + ", ".join(bad)
-            + "; rbp.convert handles nn.Linear layers, elementwise activations, Flatten and Dropout")
+            + "; rbp.convert handles nn.Linear and nn.Conv2d (groups=1, zero padding) layers, elementwise "
+              "activations, Flatten, Dropout, max/average pooling and BatchNorm")
     if not found:
-        raise UnsupportedModelError("the model has no nn.Linear layer to train")
+        raise UnsupportedModelError("the model has no nn.Linear or nn.Conv2d layer to train")
     return found
 
 
@@ -85,23 +99,87 @@ def _set_module(root: nn.Module, name: str, new: nn.Module):
     setattr(parent, last, new)
 
 
-def _execution_order(model, layers, example_input):
+def _discover(model, layers, example_input):
+    """Execution order of the weight layers and the shape of each one's input (one forward pass).
+
+    Without ``example_input`` the order is the registration order and the shapes are unknown.
+    The pass runs in eval mode (BatchNorm's running statistics and dropout are untouched) and
+    without gradients; the training flags are restored afterwards.
+    """
     if example_input is None:
-        return layers
-    order = []
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: order.append(n)) for n, m in layers]
+        return layers, {}
+    order, shapes = [], {}
+
+    def hook(mod, inputs, output, name):
+        order.append(name)
+        shapes.setdefault(name, tuple(inputs[0].shape[1:]))
+
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n, m in layers]
+    modes = {m: m.training for m in model.modules()}
     try:
+        model.eval()
         with torch.no_grad():
             model(example_input)
     finally:
         for h in hooks:
             h.remove()
+        for m, mode in modes.items():
+            m.training = mode
     by_name = dict(layers)
     seen = []
     for n in order:
         if n not in seen:
             seen.append(n)
-    return [(n, by_name[n]) for n in seen] + [(n, m) for n, m in layers if n not in seen]
+    return [(n, by_name[n]) for n in seen] + [(n, m) for n, m in layers if n not in seen], shapes
+
+
+# Structural layers whose backward is not a reshape: the product route (SBP) cannot carry its
+# derivative-free signal through them (it passes between sites as a tensor of the receiving shape).
+MIXING = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+          nn.AdaptiveMaxPool2d, nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def _check_product_route(alg: Algorithm, model: nn.Module):
+    if alg.route != "product":
+        return
+    for name, mod in model.named_modules():
+        if isinstance(mod, MIXING):
+            raise ConfigError(f"{alg.name} is not supported with {type(mod).__name__} ({name}): its product of "
+                              "transposed forward matrices skips the upper derivatives, and the signal cannot "
+                              "be carried through pooling or normalisation without them (use bp, rbp or srbp)")
+
+
+def _declared_example(model, layers):
+    """A zero input of the shape a conv model declares as ``model.input_shape`` (e.g. rbp.models.cifar_convnet)."""
+    shape = getattr(model, "input_shape", None)
+    if not any(isinstance(m, nn.Conv2d) for _, m in layers) or not isinstance(shape, tuple) or len(shape) != 3 \
+            or not all(isinstance(d, int) and d > 0 for d in shape):
+        return None
+    w = layers[0][1].weight
+    return torch.zeros(1, *shape, dtype=w.dtype, device=w.device)
+
+
+def _check_conv_options(alg: Algorithm, layers, shapes):
+    """Refuse what the learning channel does not define for conv layers (one line each)."""
+    convs = [i for i, (_, m) in enumerate(layers) if isinstance(m, nn.Conv2d)]
+    if not convs:
+        return
+    name = lambda i: f"layer {i + 1} ({layers[i][0] or 'model'}, Conv2d)"
+    if alg.feedback.per_synapse and alg.random_feedback:
+        raise ConfigError(f"feedback 'per-synapse' is not defined for conv layers ({name(convs[0])}): "
+                          "a kernel's synapses are shared across positions")
+    if alg.route != "skip" or not alg.random_feedback:
+        return
+    if convs[-1] == len(layers) - 1:
+        raise ConfigError(f"{alg.name}: the top weight layer is {name(convs[-1])}; the skipped route projects "
+                          "the error of a linear output layer (end the network with nn.Linear)")
+    missing = [i for i in convs if i > 0 and layers[i][0] not in shapes]
+    if missing:
+        raise ConfigError(f"{alg.name} on a model with Conv2d layers needs example_input= (one batch of inputs) "
+                          f"to size the skip matrices of the conv layers' input maps ({name(missing[0])})")
+    if alg.feedback.needs_forward_sign and convs[-1] > 0:
+        raise ConfigError(f"feedback {alg.feedback.kind!r} with {alg.name} needs the product of the forward "
+                          f"matrices above each layer, which is not defined across conv layers ({name(convs[-1])})")
 
 
 def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_size: int | None = None,
@@ -117,35 +195,56 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     ``quantize_error``, ``quantize_update``, ``dropout``, ``update``,
     ``adapt_rate``, ``loss_reduction``.
 
+    Weight layers are ``nn.Linear`` and ``nn.Conv2d`` (groups=1, zero padding);
+    between them elementwise activations, Flatten, Dropout, pooling and BatchNorm
+    pass the channel's signal by autograd's backward (docs/conv.md).
+
     ``seed`` makes the feedback matrices and the channel's noise reproducible
-    (a list of seeds for an ensemble model).  The top layer is the last linear
+    (a list of seeds for an ensemble model).  The top layer is the last weight
     layer in registration order unless ``example_input`` is given, in which case
-    one forward pass finds the execution order.  The model is copied unless
-    ``inplace=True`` (then the existing parameters, and optimizers over them,
-    stay valid).  Feedback matrices are buffers, or parameters for the adaptive
-    algorithms, so they are saved and restored with ``state_dict``.
+    one forward pass (eval mode, no gradients) finds the execution order and the
+    shape of every layer's input.  The skipped route (srbp, asrbp) on a model with
+    conv layers needs that pass: its matrices for a conv layer's input map have
+    shape (N_L, C*H*W).  A conv model that declares ``input_shape = (C, H, W)``
+    as an attribute (as :func:`rbp.models.cifar_convnet` does) gets the pass
+    with a zero input of that shape when ``example_input`` is not given.
+
+    The model is copied unless ``inplace=True`` (then the existing parameters,
+    and optimizers over them, stay valid).  Feedback matrices are buffers, or
+    parameters for the adaptive algorithms, so they are saved and restored with
+    ``state_dict``.
     """
     alg = make_algorithm(algorithm, **options)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
-    layers = _execution_order(model, _weight_layers(model), example_input)
+    found = _weight_layers(model)
+    if example_input is None:
+        example_input = _declared_example(model, found)
+    layers, shapes = _discover(model, found, example_input)
+    _check_conv_options(alg, layers, shapes)
+    _check_product_route(alg, model)
     ensembles = {getattr(m, "ensemble", None) for _, m in layers}
     if len(ensembles) > 1:
         raise UnsupportedModelError("mixing ensemble and single-network layers in one model is not supported")
     ensemble = ensembles.pop()
     seeds = _seed_list(seed, ensemble)
-    top_size = layers[-1][1].out_features
+    top = layers[-1][1]
+    top_size = top.out_features if not isinstance(top, nn.Conv2d) else top.out_channels
     if output_size is not None and output_size != top_size:
         raise ConfigError(f"output_size={output_size} but the top layer has {top_size} outputs")
 
     sites = []
-    for name, lin in layers:
-        site = FeedbackLinear(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                              ensemble=ensemble, device=lin.weight.device, dtype=lin.weight.dtype)
-        site.weight = lin.weight
-        site.bias = lin.bias
+    for name, layer in layers:
+        if isinstance(layer, nn.Conv2d):
+            site = FeedbackConv2d.from_conv(layer)
+            site.input_shape = shapes.get(name)
+        else:
+            site = FeedbackLinear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                                  ensemble=ensemble, device=layer.weight.device, dtype=layer.weight.dtype)
+            site.weight = layer.weight
+            site.bias = layer.bias
         _set_module(model, name, site)
         sites.append(site)
 
@@ -172,13 +271,20 @@ def _skip_sign(sites, i, k):
     return prod
 
 
+def _skip_width(site) -> int:
+    """Number of units of the site's input that a skip matrix reaches (its fan-out)."""
+    if isinstance(site, FeedbackConv2d):
+        return math.prod(site.input_shape)
+    return site.in_features
+
+
 def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble):
     if not alg.random_feedback:
         return
     spec = alg.feedback
     chained = alg.route != "skip"
     gens = [generator(s, "feedback") for s in seeds]
-    n_top = sites[-1].out_features
+    n_top = sites[-1].out_channels if isinstance(sites[-1], FeedbackConv2d) else sites[-1].out_features
     for i, site in enumerate(sites):
         if spec.per_synapse:
             if i == len(sites) - 1:
@@ -188,10 +294,17 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble):
             continue
         if i == 0:
             continue  # the first layer's input is the data: no learning channel below it
-        shape = (site.out_features, site.in_features) if chained else (n_top, site.in_features)
-        if spec.kind == "sparse" and spec.sparsity > shape[-1]:
+        conv_kernel = chained and isinstance(site, FeedbackConv2d)
+        if conv_kernel:
+            shape = tuple(site.weight.shape)
+            fan_out, what = math.prod(shape[1:]), "kernel (in_channels*kh*kw)"
+        else:
+            shape = (site.out_features, site.in_features) if chained else (n_top, _skip_width(site))
+            fan_out, what = shape[-1], "learning channel"
+        if spec.kind == "sparse" and spec.sparsity > fan_out:
             raise ConfigError(f"feedback sparse-{spec.sparsity}: n must be at most the fan-out "
-                              f"{shape[-1]} of layer {i + 1}'s learning channel")
+                              f"{fan_out} of layer {i + 1}'s {what}")
+
         def sign_of(k, site=site, i=i):
             if not spec.needs_forward_sign:
                 return None
@@ -203,6 +316,7 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble):
 
 def _members(spec, shape, gens, site, chained, sign_of, ensemble):
     """One feedback tensor per ensemble member, each from its own generator (stacked for an ensemble)."""
-    members = [fb.sample(spec, shape, chained=chained, generator=gen, forward_sign=sign_of(k),
-                         dtype=site.weight.dtype, device=site.weight.device) for k, gen in enumerate(gens)]
+    members = [site.sample_feedback(spec, shape, chained=chained, generator=gen, forward_sign=sign_of(k),
+                                    dtype=site.weight.dtype, device=site.weight.device)
+               for k, gen in enumerate(gens)]
     return torch.stack(members) if ensemble else members[0]

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..channel import feedback as fb
 from ..channel.backward import Pass, site_backward
 from ..channel.quantize import quantize
 
@@ -50,6 +51,11 @@ class LinearOps:
     """
 
     ensemble: int | None
+
+    def sample_feedback(self, spec, shape, *, chained, generator, forward_sign, dtype, device):
+        """Draw one network's feedback matrix of ``shape`` (a 2-D matrix for linear sites)."""
+        return fb.sample(spec, shape, chained=chained, generator=generator, forward_sign=forward_sign,
+                         dtype=dtype, device=device)
 
     def affine(self, x, weight, bias):
         if not self.ensemble:
