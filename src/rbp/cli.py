@@ -75,7 +75,7 @@ def _cmd_train(args) -> int:
     spec = TrainSpec(dataset=args.dataset, algorithm=alg, hidden=args.hidden, activation=args.activation,
                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, decay=args.decay,
                      momentum=args.momentum, device=args.device, driver=args.driver,
-                     frozen=args.freeze).validate()
+                     frozen=args.freeze, model=args.model, augment=args.augment).validate()
     if args.out and os.path.exists(args.out) and os.listdir(args.out):
         raise ConfigError(f"output directory {args.out} exists and is not empty; choose another --out")
     ds = load(args.dataset, data_dir=args.data_dir)
@@ -97,7 +97,7 @@ def _cmd_train(args) -> int:
             bar.write(f"epoch {rs[0].epoch:3d}/{spec.epochs}  train acc {statistics.fmean(tr):.4f}  "
                       f"test acc {statistics.fmean(te):.4f}{sd}  {rs[0].seconds:.2f} s")
 
-    histories = train(spec, seeds, dataset=ds, ensemble=not args.no_ensemble,
+    histories = train(spec, seeds, dataset=ds, ensemble=not args.no_ensemble and spec.model == "mlp",
                       on_step=bar.update, on_epoch=on_epoch)
     bar.close()
     finals = [h[-1] for h in histories]
@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hidden", type=_int_list, default=(100, 100, 100, 100), help="hidden sizes, e.g. 100,100")
     g.add_argument("--activation", default="tanh", help="tanh, relu, logistic or linear")
     g.add_argument("--freeze", type=_int_list, default=(), help="1-based weight layers kept fixed, e.g. 1,2")
+    g.add_argument("--model", default="mlp", help="mlp (default) or convnet (paper 1's CIFAR-10 network)")
+    g.add_argument("--augment", action="store_true",
+                   help="random translations up to 10 %% and horizontal flips (the CIFAR-10 protocol)")
     r = t.add_argument_group("running")
     r.add_argument("--device", default="cpu", help="cpu or cuda")
     r.add_argument("--data-dir", default=None, help="where the datasets are (else $RBP_DATA_DIR, the cache)")
