@@ -1,0 +1,116 @@
+"""`rbp list`, `rbp run`, `rbp report`, `rbp cost`: thin wrappers around the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+
+def register(sub):
+    p = sub.add_parser("list", help="list the named experiments of paper 1")
+    p.add_argument("--json", action="store_true", help="print the list as one JSON object")
+    p.set_defaults(func=_cmd_list)
+
+    r = sub.add_parser("run", help="run (or resume) a named experiment: every configuration x seed")
+    r.add_argument("experiment", help="a name from `rbp list`, or the path of an experiment .toml file")
+    r.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the paper's, 100)")
+    r.add_argument("--seeds", type=int, default=None, help="seeds 0..K-1 per configuration (default: the paper's, 5)")
+    r.add_argument("--out", default=None, help="result store folder (default: results/EXPERIMENT)")
+    r.add_argument("--device", default="cpu", help="cpu or cuda")
+    r.add_argument("--data-dir", default=None, help="where the datasets are (else $RBP_DATA_DIR, the cache)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's choice; 1 is often faster on a busy machine)")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-configuration lines")
+    r.add_argument("--report", action="store_true", help="write the report when the runs are done")
+    r.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    r.set_defaults(func=_cmd_run)
+
+    rep = sub.add_parser("report", help="write report.md and figures for a result store")
+    rep.add_argument("dir", help="the result store folder of `rbp run`")
+    rep.add_argument("--out", default=None, help="where to write the report (default: DIR)")
+    rep.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    rep.set_defaults(func=_cmd_report)
+
+    c = sub.add_parser("cost", help="multiplications in the learning channel (paper 1, Eqs. 14-15)")
+    c.add_argument("--sizes", default="784,100,100,100,100,10",
+                   help="layer sizes N_0,...,N_L, input first (default: the paper's MNIST network)")
+    c.add_argument("--algorithm", "-a", default=None,
+                   help="one algorithm of `rbp algorithms` (default: paper 1's bp sbp rbp srbp arbp asrbp top)")
+    c.add_argument("--no-derivative", action="store_true", help="the \"no f'\" variant")
+    c.add_argument("--json", action="store_true", help="print the counts as one JSON object")
+    c.set_defaults(func=_cmd_cost)
+
+
+def _cmd_list(args) -> int:
+    from .experiment import load_all
+    exps = load_all()
+    if args.json:
+        print(json.dumps({"experiments": [{"name": e.name, "description": e.description,
+                                           "configs": len(e.configs), "dataset": e.dataset} for e in exps]}))
+        return 0
+    width = max(len(e.name) for e in exps)
+    for e in exps:
+        print(f"{e.name:{width}s}  {e.description}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from .experiment import load
+    from .runner import run
+    exp = load(args.experiment)
+    out = args.out or f"results/{exp.name}"
+    summary = run(exp, out, epochs=args.epochs, seeds=args.seeds, device=args.device, data_dir=args.data_dir,
+                  progress=not args.quiet, threads=args.threads)
+    if args.report:
+        summary["report"] = _report(out, None)["report"]
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{exp.name}: {summary['runs']} runs ({summary['configs']} configurations x {summary['seeds']} "
+              f"seeds, {summary['epochs']} epochs): {summary['trained']} trained, {summary['skipped']} already "
+              f"stored, {summary['seconds']:.1f} s; results in {out}"
+              + (f", report {summary['report']}" if args.report else f" (`rbp report {out}` writes the report)"))
+    return 0
+
+
+def _report(directory, out):
+    from ..report import write_report
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = write_report(directory, out)
+    for w in caught:
+        print(f"rbp: warning: {w.message}", file=sys.stderr)
+    return summary
+
+
+def _cmd_report(args) -> int:
+    summary = _report(args.dir, args.out)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"wrote {summary['report']} and {len(summary['figures'])} figures "
+              f"({summary['runs']} runs, {summary['flagged']} flagged outside the paper's spread)")
+    return 0
+
+
+def _cmd_cost(args) -> int:
+    from ..cost import PAPER1, cost, format_table
+    from ..errors import ConfigError
+    try:
+        sizes = [int(t) for t in args.sizes.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"--sizes expects comma-separated integers, got {args.sizes!r}") from None
+    names = [args.algorithm] if args.algorithm else list(PAPER1)
+    opts = {"derivative": False} if args.no_derivative else {}
+    from ..channel.algorithm import algorithm
+    rows = [cost(sizes, algorithm(n, **(opts if n != "top" else {}))) for n in names]
+    if args.json:
+        print(json.dumps({"sizes": sizes, "per": "example", "algorithms": rows}))
+        return 0
+    print(f"multiplications per training example, network {'-'.join(map(str, sizes))}")
+    print(format_table(rows))
+    print("channel: weight x signal products that deliver signals to the hidden layers 1..L-1 "
+          "(BP/RBP/SBP: sum_{k=1}^{L-1} N_k N_{k+1}; SRBP: N_L sum_{k=1}^{L-1} N_k, Eq. 15); the input "
+          f"layer needs no signal. The paper's Eq. 14 W = sum_(k=0)^(L-1) N_k N_(k+1) = {rows[0]['paper_W_eq14']:,}.")
+    return 0
