@@ -182,6 +182,10 @@ def _table(out) -> str:
 
 def _cmd_bench(args) -> int:
     import sys
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     ens = tuple(int(k) for k in args.ensembles.split(",") if k.strip()) if args.ensembles else ()
     algs = tuple(a.strip() for a in args.algorithms.split(",") if a.strip())
     for a in algs:
@@ -201,6 +205,7 @@ def register(sub):
     p.add_argument("--ensembles", default="4,16,64", help="ensemble sizes to time (empty for none)")
     p.add_argument("--algorithms", default="bp,rbp,srbp")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=_cmd_bench)
