@@ -58,8 +58,11 @@ def test_quantizer_output_is_a_signed_level(x, bits):
 # ---------------------------------------------------------------- algorithms as data
 
 def test_registry_and_descriptions():
-    assert set(rbp.ALGORITHMS) == {"bp", "sbp", "rbp", "srbp", "arbp", "asrbp", "top"}
+    paper1 = ["bp", "sbp", "rbp", "srbp", "arbp", "asrbp", "top"]
+    assert list(rbp.ALGORITHMS)[:7] == paper1          # paper 1's family first, paper 2's variants after
     assert set(rbp.DESCRIPTIONS) == set(rbp.ALGORITHMS)
+    for name in rbp.ALGORITHMS:
+        assert rbp.algorithm(name).name == name
     a = rbp.algorithm("srbp", feedback="sparse-8", derivative=False, dropout=0.2)
     assert (a.route, a.feedback.kind, a.feedback.sparsity, a.derivative, a.dropout) == ("skip", "sparse", 8, False, 0.2)
     assert a.describe() == "srbp[sparse-8, no f', lc-dropout 0.2]"

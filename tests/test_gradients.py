@@ -128,6 +128,12 @@ VARIANTS = [
     ("rbp", {"feedback": "resampled"}), ("rbp", {"feedback": "sign-concordant"}),
     ("srbp", {"feedback": "congruent"}), ("rbp", {"feedback": "uniform"}),
     ("rbp", {"feedback": "nonzero-mean"}), ("srbp", {"feedback": "per-synapse"}),
+    # paper 2: learning-channel architectures, nonlinear channels, scaled and adaptive channels
+    ("twin", {}), ("atwin", {}), ("distinct", {}), ("distinct", {"backward_hidden": (5, 2)}),
+    ("adistinct", {"backward_hidden": (4, 3)}), ("nrbp", {}), ("ntwin", {"derivative": False}),
+    ("ndistinct", {"backward_hidden": (3,)}), ("sbp", {"backward_nonlinearity": "tanh"}),
+    ("srbp", {"backward_nonlinearity": "relu", "dropout": 0.5}),
+    ("twin", {"feedback": "sparse-2", "feedback_scale": 3.0, "quantize_error": 4}),
 ]
 
 
@@ -142,7 +148,8 @@ def test_top_layer_follows_the_gradient(alg, opts):
 
 
 @pytest.mark.parametrize("alg,opts", VARIANTS + [("rbp", {"quantize_update": 3}),
-                                                  ("srbp", {"update": "magnitude"})])
+                                                  ("srbp", {"update": "magnitude"}), ("arbp-small", {}),
+                                                  ("atwin", {"init_scale": 0.5, "feedback_scale": 0.1})])
 def test_fused_driver_equals_autograd_driver(alg, opts):
     x, y = batch()
     m = net(DEEP, alg, **opts)

@@ -10,11 +10,20 @@ plain stack (the fused driver's networks), for every algorithm:
     angle between the channel's update of W^h and the true gradient;
 ``feedback_angle_h``, ``feedback_norm_ratio_h``
     for random feedback: angle and norm ratio between the matrix that carries
-    the signal to layer h and the forward matrix it replaces: W^{h+1} for
-    chained routes, the product W^L ... W^{h+1} for the skipped route.
+    the signal to layer h and the forward matrix it replaces (its *mirror*,
+    paper 2's weight symmetry): W^{h+1} for the conjoined and twin channels
+    (chained and product routes), the product W^L ... W^{h+1} for the skipped
+    route; for a distinct network with hidden layers the carrier is its
+    end-to-end matrix V^1 ... V^k C^h from E^L to layer h (exact for linear
+    backward units, the linearisation at zero otherwise).
 
 The probe draws no noise and resamples nothing, so switching diagnostics on
 does not change training.  90 degrees is chance; 0 is perfect alignment.
+
+:class:`Settling` measures whether the learning equations settle (paper 2):
+per epoch, the relative change ||W_t - W_{t-1}|| / ||W_t|| of every weight
+layer i = 1 .. L (``weight_change_i``) and of every adaptive feedback matrix
+(``feedback_change_h``, h as above).
 """
 
 from __future__ import annotations
@@ -75,6 +84,10 @@ def alignment(fused: FusedNetwork, x: torch.Tensor, y: torch.Tensor) -> list[dic
             put(f"update_angle_{h}", _angle(updates[i], true_updates[i], ens))
         if alg.random_feedback and not alg.feedback.per_synapse:
             carrier = stages[h].site.feedback
+            m = len(alg.backward_hidden)
+            if alg.route == "skip" and m:       # D^0 = E^L -> V^1 ... V^k -> C^h, in C's orientation
+                for k in range(min(len(stages) - h, m), 0, -1):
+                    carrier = stages[len(stages) - k].site.backward_weight @ carrier
             if alg.route == "skip":
                 mirror = stages[-1].site.weight
                 for st in reversed(stages[h:-1]):
@@ -84,3 +97,34 @@ def alignment(fused: FusedNetwork, x: torch.Tensor, y: torch.Tensor) -> list[dic
             put(f"feedback_angle_{h}", _angle(carrier, mirror, ens))
             put(f"feedback_norm_ratio_{h}", _ratio(carrier, mirror, ens))
     return out
+
+
+class Settling:
+    """Relative change of the forward weights and adaptive feedback since the previous call.
+
+    ``Settling(model)`` remembers the model's matrices; each call returns, per
+    network (ensemble member), ``weight_change_i`` = ||W_t - W_{t-1}|| / ||W_t||
+    for weight layer i = 1 .. L and ``feedback_change_h`` for the adaptive
+    feedback matrix that reaches hidden layer h, then remembers the new values.
+    Values that keep falling towards 0 mean the learning equations settle.
+    """
+
+    def __init__(self, model):
+        sites = model.rbp_channel.sites
+        self.tensors = {f"weight_change_{i + 1}": s.weight for i, s in enumerate(sites)}
+        for i, s in enumerate(sites):
+            if isinstance(s.feedback, torch.nn.Parameter):
+                self.tensors[f"feedback_change_{i}"] = s.feedback
+        self.ensemble = bool(sites[0].ensemble)
+        self.previous = {k: t.detach().clone() for k, t in self.tensors.items()}
+
+    @torch.no_grad()
+    def __call__(self) -> list[dict]:
+        out = None
+        for key, t in self.tensors.items():
+            ratio = _ratio(t - self.previous[key], t, self.ensemble)
+            out = out or [dict() for _ in ratio]
+            for k, v in enumerate(ratio):
+                out[k][key] = v
+            self.previous[key].copy_(t)
+        return out

@@ -27,7 +27,7 @@ from . import data as datasets
 from .channel.algorithm import Algorithm, algorithm as make_algorithm
 from .channel.noise import generator
 from .errors import ConfigError
-from .diagnostics import alignment
+from .diagnostics import Settling, alignment
 from .models import cifar_convnet, mlp
 from .nn.convert import convert
 from .nn.fused import FusedNetwork, softmax_xent_grad
@@ -294,19 +294,25 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
 
     After every epoch the alignment figures of :mod:`rbp.diagnostics` are measured
     on a fixed probe batch (the first ``probe_size`` training examples; 0 turns
-    it off).  The probe draws no random numbers, so it does not change training.
+    it off), with the relative change of every weight and adaptive feedback
+    matrix over the epoch (:class:`rbp.diagnostics.Settling`).  The probe draws no
+    random numbers, so it does not change training.
     A network whose loss becomes NaN or infinite is marked ``diverged``; the
     group stops when all have diverged.
     """
     tr = Trainer(spec, seeds, dataset, probe_size)
     histories: list[list[EpochRecord]] = [[] for _ in tr.seeds]
     diverged = [False] * len(tr.seeds)
+    settling = Settling(tr.model) if probe_size else None
     for epoch in range(1, spec.epochs + 1):
         t0 = time.perf_counter()
         tl, tc = tr.train_epoch(on_step)
         test_loss, test_acc = tr.evaluate()
         seconds = time.perf_counter() - t0
         aligned = tr.alignment()
+        if settling is not None:
+            for a, changes in zip(aligned, settling()):
+                a.update(changes)
         records = []
         for k, s in enumerate(tr.seeds):
             bad = not (math.isfinite(tl[k]) and math.isfinite(test_loss[k]))

@@ -17,8 +17,21 @@ from the output error E^L = T - O^L (paper 1, section 3).  An
 
 * ``feedback``: ``symmetric`` (the current forward weights, transposed) or a
   random distribution (see :mod:`rbp.channel.feedback`), optionally adaptive.
-* signal operators on the way (``derivative``, ``quantize_error``, ``dropout``)
-  and update operators at the synapse (``quantize_update``, ``update``).
+* signal operators on the way (``derivative``, ``quantize_error``, ``dropout``,
+  ``backward_nonlinearity``) and update operators at the synapse
+  (``quantize_update``, ``update``).
+* the learning channel's own network (paper 2): ``backward_hidden`` layers of a
+  distinct backward network on the skipped route, and the initial scale of
+  both channels (``feedback_scale``, ``init_scale``).
+
+Every algorithm realises one of paper 2's learning-channel *architectures*
+(:attr:`Algorithm.architecture`): ``bidirectional`` (the forward connections
+used in reverse: BP, SBP), ``conjoined`` (a separate backward connection beside
+every forward one, the signal multiplied by f' inside the forward neuron: RBP,
+ARBP), ``twin`` (a separate network of one twin neuron per forward neuron that
+does not know the forward derivatives: the product route with random feedback)
+and ``distinct`` (a separate network of its own sizes and depth: SRBP is the
+one with no hidden layer).  See docs/symmetries.md.
 
 New variants are new registry entries or options, not new model classes.
 """
@@ -34,6 +47,11 @@ from .quantize import ERROR_ALPHA, MAX_BITS, MIN_BITS, UPDATE_ALPHA
 
 ROUTES = ("chain", "product", "skip", "top")
 UPDATES = ("full", "sign", "magnitude")
+ARCHITECTURES = ("bidirectional", "conjoined", "twin", "distinct")
+# Transfer functions a learning channel's units may apply (paper 2, symmetry of processing);
+# "same" is resolved by rbp.convert to the forward network's own transfer function.
+BACKWARD_UNITS = ("tanh", "relu", "logistic", "linear", "same")
+_UNIT_ALIASES = {"sigmoid": "logistic", "identity": "linear"}
 
 
 @dataclass(frozen=True)
@@ -58,10 +76,23 @@ class Algorithm:
     dropout: float = 0.0
     update: str = "full"
     loss_reduction: str = "mean"
+    backward_nonlinearity: str | None = None   # transfer function of the learning channel's units
+    backward_hidden: tuple = ()                # hidden layer sizes of a distinct backward network (skip route)
+    feedback_scale: float = 1.0                # the feedback matrices are drawn at this multiple of their scale
+    init_scale: float = 1.0                    # rbp.convert multiplies the forward weights by it
 
     @property
     def random_feedback(self) -> bool:
         return self.route != "top" and not self.symmetric
+
+    @property
+    def architecture(self) -> str | None:
+        """Paper 2's learning-channel architecture (None for top-layer-only: there is no channel)."""
+        if self.route == "top":
+            return None
+        if self.symmetric:
+            return "bidirectional"
+        return {"chain": "conjoined", "product": "twin", "skip": "distinct"}[self.route]
 
     @property
     def hidden_learn(self) -> bool:
@@ -82,6 +113,15 @@ class Algorithm:
             extras.append(f"lc-dropout {self.dropout:g}")
         if self.update != "full":
             extras.append(f"{self.update}-only")
+        defaults = ALGORITHMS.get(self.name)
+        if self.backward_nonlinearity != getattr(defaults, "backward_nonlinearity", None):
+            extras.append(f"{self.backward_nonlinearity or 'linear'} backward units")
+        if self.backward_hidden != getattr(defaults, "backward_hidden", ()):
+            extras.append("backward " + ("-".join(map(str, self.backward_hidden)) or "depth 0"))
+        if self.feedback_scale != getattr(defaults, "feedback_scale", 1.0):
+            extras.append(f"feedback x{self.feedback_scale:g}")
+        if self.init_scale != getattr(defaults, "init_scale", 1.0):
+            extras.append(f"init x{self.init_scale:g}")
         return self.name + (f"[{', '.join(extras)}]" if extras else "")
 
     def options(self) -> dict:
@@ -91,7 +131,8 @@ class Algorithm:
         if str(self.feedback) != str(defaults.feedback):
             out["feedback"] = str(self.feedback)
         for key in ("derivative", "quantize_error", "quantize_update", "dropout", "update",
-                    "adapt_rate", "loss_reduction", "quantize_error_alpha", "quantize_update_alpha"):
+                    "adapt_rate", "loss_reduction", "quantize_error_alpha", "quantize_update_alpha",
+                    "backward_nonlinearity", "backward_hidden", "feedback_scale", "init_scale"):
             if getattr(self, key) != getattr(defaults, key):
                 out[key] = getattr(self, key)
         return out
@@ -118,8 +159,43 @@ DESCRIPTIONS = {
     "top": "top layer only: hidden layers keep their random initial weights",
 }
 
+# The learning-channel architectures of paper 2 (docs/symmetries.md), and the named
+# variants its experiments use: nonlinear learning channels ("n": the backward units apply
+# the forward network's transfer function) and adaptation from small weights in both
+# channels ("-small": 0.2 x the Glorot scale; from 0.1 x the paper's 4-hidden-layer tanh
+# network stays at the saddle at the origin for many epochs, with BP too).
+SMALL = 0.2
+_PAPER2 = {
+    "twin": (Algorithm("twin", "product"),
+             "twin network: one twin neuron per forward neuron, fixed random weights, no upper f'"),
+    "distinct": (Algorithm("distinct", "skip", backward_hidden=(100,)),
+                 "distinct network: E^L -> a backward hidden layer of 100 units -> random projections"),
+    "atwin": (Algorithm("atwin", "product", adaptive=True),
+              "adaptive twin: the twin weights learn with the forward rule (rate 0.1 x)"),
+    "adistinct": (Algorithm("adistinct", "skip", adaptive=True, backward_hidden=(100,)),
+                  "adaptive distinct: the projections onto the forward neurons learn with the forward rule"),
+    "nrbp": (Algorithm("nrbp", "chain", backward_nonlinearity="same"),
+             "RBP whose learning channel applies the forward units' transfer function at every stage"),
+    "ntwin": (Algorithm("ntwin", "product", backward_nonlinearity="same"),
+              "twin network whose twin neurons apply the forward units' transfer function"),
+    "ndistinct": (Algorithm("ndistinct", "skip", backward_hidden=(100,), backward_nonlinearity="same"),
+                  "distinct network whose units apply the forward units' transfer function"),
+    "bp-small": (Algorithm("bp-small", "chain", symmetric=True, init_scale=SMALL),
+                 "BP from small initial weights (0.2 x Glorot)"),
+    "arbp-small": (Algorithm("arbp-small", "chain", adaptive=True, init_scale=SMALL, feedback_scale=SMALL),
+                   "ARBP from small initial weights in both channels (0.2 x Glorot)"),
+    "atwin-small": (Algorithm("atwin-small", "product", adaptive=True, init_scale=SMALL, feedback_scale=SMALL),
+                    "adaptive twin from small initial weights in both channels (0.2 x Glorot)"),
+    "adistinct-small": (Algorithm("adistinct-small", "skip", adaptive=True, backward_hidden=(100,),
+                                  init_scale=SMALL, feedback_scale=SMALL),
+                        "adaptive distinct from small initial weights in both channels (0.2 x Glorot)"),
+}
+for _name, (_alg, _text) in _PAPER2.items():
+    ALGORITHMS[_name], DESCRIPTIONS[_name] = _alg, _text
+
 OPTION_NAMES = ("feedback", "derivative", "quantize_error", "quantize_update", "dropout", "update",
-                "adapt_rate", "loss_reduction", "quantize_error_alpha", "quantize_update_alpha")
+                "adapt_rate", "loss_reduction", "quantize_error_alpha", "quantize_update_alpha",
+                "backward_nonlinearity", "backward_hidden", "feedback_scale", "init_scale")
 
 
 def _check_bits(key, value):
@@ -196,8 +272,34 @@ def algorithm(name: str | Algorithm, **options) -> Algorithm:
             changes["update"] = value
         elif key == "adapt_rate":
             if not base.adaptive:
-                raise ConfigError(f"adapt_rate applies to adaptive algorithms (arbp, asrbp), not '{base.name}'")
+                raise ConfigError(f"adapt_rate applies to adaptive algorithms ({', '.join(_adaptive_names())}), "
+                                  f"not '{base.name}'")
             changes["adapt_rate"] = _check_positive(key, value)
+        elif key == "backward_nonlinearity":
+            name = _UNIT_ALIASES.get(value, value) if isinstance(value, str) else value
+            if name not in BACKWARD_UNITS:
+                raise ConfigError(f"backward_nonlinearity must be one of {', '.join(BACKWARD_UNITS)}, got {value!r}")
+            if base.route == "top":
+                raise ConfigError("backward_nonlinearity has no effect with 'top' (the learning channel carries "
+                                  "no signal)")
+            changes[key] = name
+        elif key == "backward_hidden":
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = (value,)
+            if not isinstance(value, (list, tuple)) or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                                                           for n in value):
+                raise ConfigError(f"backward_hidden must be a list of positive layer sizes, got {value!r}")
+            if base.route != "skip":
+                raise ConfigError(f"backward_hidden gives the hidden layers of a distinct learning network; "
+                                  f"'{base.name}' has no distinct network (use distinct, adistinct or srbp)")
+            changes[key] = tuple(value)
+        elif key == "feedback_scale":
+            scale = _check_positive(key, value)
+            if not base.random_feedback and scale != 1.0:
+                raise ConfigError(f"feedback_scale needs random feedback; '{base.name}' has no feedback matrices")
+            changes[key] = scale
+        elif key == "init_scale":
+            changes[key] = _check_positive(key, value)
         elif key in ("quantize_error_alpha", "quantize_update_alpha"):
             changes[key] = _check_positive(key, value)
         elif key == "loss_reduction":
@@ -205,6 +307,15 @@ def algorithm(name: str | Algorithm, **options) -> Algorithm:
                 raise ConfigError(f"loss_reduction must be 'mean' or 'sum', got {value!r}")
             changes[key] = value
     result = dataclasses.replace(base, **changes)
-    if result.feedback.per_synapse and (result.adaptive or result.quantize_error or result.dropout):
-        raise ConfigError("feedback 'per-synapse' does not combine with adaptation, quantize_error or dropout")
+    if result.feedback.per_synapse and (result.adaptive or result.quantize_error or result.dropout
+                                        or result.backward_nonlinearity or result.backward_hidden):
+        raise ConfigError("feedback 'per-synapse' does not combine with adaptation, quantize_error, dropout, "
+                          "backward_nonlinearity or backward_hidden")
+    if result.backward_hidden and (result.feedback.resampled or result.feedback.needs_forward_sign):
+        raise ConfigError(f"feedback {str(result.feedback)!r} follows the forward weights, but the hidden layers "
+                          "of a distinct learning network (backward_hidden) mirror no forward matrix")
     return result
+
+
+def _adaptive_names():
+    return [n for n, a in ALGORITHMS.items() if a.adaptive]

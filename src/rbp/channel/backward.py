@@ -7,12 +7,27 @@ i.e. -I^h / N in the paper's units for a batch-mean loss), :func:`site_backward`
 1. records the output error E^L if site h is the top of the network;
 2. computes the site's weight update from ``g`` and its input O^{h-1}
    (the local rule dW = I O^T, with the update operators);
-3. computes the adaptation of its feedback matrix (ARBP / ASRBP);
+3. computes the adaptation of its feedback matrix (ARBP / ASRBP, adaptive
+   twin and distinct networks);
 4. produces the signal J^{h-1} that arrives at the layer below *before* that
-   layer's derivative: along the algorithm's route, then through the signal
-   operators (quantization, dropout).  The derivative f'(S^{h-1}) is applied
-   afterwards by whatever drives the backward pass (autograd through the
-   activation module, or the fused trainer), or skipped for "no f'" variants.
+   layer's derivative: along the algorithm's route, through the learning
+   channel's units (``backward_nonlinearity``, paper 2), then through the
+   signal operators (quantization, dropout).  The derivative f'(S^{h-1}) is
+   applied afterwards by whatever drives the backward pass (autograd through
+   the activation module, or the fused trainer), or skipped for "no f'" variants.
+
+The architectures of paper 2 on these routes (docs/symmetries.md):
+
+* *conjoined* (``chain``): the backward connection C beside every forward one
+  ends on the forward neuron, which multiplies by its f' before sending on;
+* *twin* (``product``): the signal travels down a separate network of twin
+  neurons, T^h = g(C^{h+1} T^{h+1}), T^L = E^L; the forward neuron multiplies
+  T^h by its own f' for its own update only;
+* *distinct* (``skip``): a separate network of its own sizes, D^0 = E^L,
+  D^k = g(V^k D^{k-1}) for its hidden layers k = 1..m, and forward hidden layer
+  h receives J^h = C^h D^{min(L-h, m)}.  The site at position L-k holds V^k
+  (``backward_weight``) and computes D^k once per pass, in ``Pass.backward``;
+  with m = 0 this is SRBP.
 
 Autograd (:mod:`rbp.nn`) and the fused trainer (:mod:`rbp.train`) both call
 this one function, so the two drivers cannot disagree.
@@ -36,6 +51,7 @@ class Pass:
     error: torch.Tensor | None = None            # dLoss/dS^L of the top site
     rows: int = 1                                # examples per network in the batch
     signals: dict = field(default_factory=dict)  # position -> pre-derivative signal (product route)
+    backward: dict = field(default_factory=dict) # k -> layer k of a distinct backward network (skip route)
     probe: bool = False                          # diagnostics: no noise drawn, no feedback resampled
 
     def enter(self, site) -> int:
@@ -49,6 +65,30 @@ class Pass:
 def error_scale(alg, rows: int) -> float:
     """Factor from autograd's signal to the paper's units (-E per example)."""
     return float(rows) if alg.loss_reduction == "mean" else 1.0
+
+
+# The learning channel's units (paper 2, symmetry of processing): each maps the summed
+# signal a backward unit receives, in the paper's units (T - O per example), to what it sends.
+UNITS = {
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "logistic": torch.sigmoid,
+    "linear": lambda t: t,
+}
+
+
+def backward_units(alg, J: torch.Tensor, scale: float) -> torch.Tensor:
+    """g(J) for the algorithm's ``backward_nonlinearity`` g, applied in the paper's units.
+
+    ``J`` is in autograd's units (dLoss/dS, i.e. -(T - O) / N for a batch-mean
+    loss), so the unit sees -scale * J, and its output is converted back.
+    """
+    name = alg.backward_nonlinearity
+    if name is None:
+        return J
+    if name not in UNITS:
+        raise ConfigError(f"backward_nonlinearity {name!r} must be resolved by rbp.convert before training")
+    return UNITS[name](J * -scale).div_(-scale)
 
 
 def signal_operators(site, J: torch.Tensor, scale: float, probe: bool = False) -> torch.Tensor:
@@ -107,6 +147,8 @@ def feedback_matrix(site, weight, fbk, probe: bool = False):
     if spec.resampled and not probe:
         with torch.no_grad():
             fbk.copy_(_resample(site, spec, weight, fbk))
+            if alg.feedback_scale != 1.0:
+                fbk.mul_(alg.feedback_scale)
     return fbk
 
 
@@ -124,11 +166,35 @@ def _resample(site, spec, weight, fbk):
     return torch.stack([one(g, weight[k]) for k, g in enumerate(gens)])
 
 
+def distinct_source(site, pas: Pass, position: int, scale: float):
+    """The layer of the skipped route's backward network that reaches this site's input.
+
+    Without hidden backward layers (SRBP) it is the output error.  Otherwise the
+    input of the site at ``position`` (forward hidden layer h = position) reads
+    layer k = min(L - h, m) of the distinct network; the site at L - k holds V^k
+    and computes D^k = g(V^k D^{k-1}) here, once per pass (sites run top-down).
+    """
+    m = len(site.algorithm.backward_hidden)
+    if m == 0:
+        return pas.error
+    k = len(pas.order) - position
+    if k <= m:
+        below = pas.error if k == 1 else pas.backward[k - 1]
+        pas.backward[k] = backward_units(site.algorithm, below @ site.backward_weight, scale)
+    return pas.backward[min(k, m)]
+
+
 def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
     """One layer's step of the learning channel.
 
     ``needs`` = (input, weight, bias, feedback) flags.  Returns
     ``(J, grad_weight, grad_bias, grad_feedback)``, each ``None`` when not needed.
+
+    Adaptive feedback learns by the forward rule, dC = rate * (what the sending
+    backward unit emits) x (forward activity O^h of the receiving neuron), in C's
+    orientation: conjoined (ARBP) R^{h+1} (O^h)^T, the same outer product as the
+    forward update; twin T^{h+1} (O^h)^T (no f', which the twin neuron does not
+    know); distinct / skipped D^k (O^h)^T (ASRBP: E^L (O^h)^T).
     """
     alg = site.algorithm
     need_x, need_w, need_b, need_f = needs
@@ -136,31 +202,40 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
     if top:
         pas.error = g
         pas.rows = site.rows(g)
-        if alg.route == "skip" and fbk is not None and fbk.shape[-2] != g.shape[-1]:
+        reader = getattr(site, "backward_weight", None) if alg.backward_hidden else fbk
+        if alg.route == "skip" and reader is not None and reader.shape[-2] != g.shape[-1]:
             raise ConfigError(f"the network's output has {g.shape[-1]} units but the skip matrices were "
-                              f"built for {fbk.shape[-2]}; pass output_size= or example_input= to convert()")
+                              f"built for {reader.shape[-2]}; pass output_size= or example_input= to convert()")
     elif g is None or not alg.hidden_learn:
         return None, None, None, None
     scale = error_scale(alg, pas.rows)
+    sends = (need_x or need_f) and alg.hidden_learn
+    arriving = source = None
+    if sends and alg.route == "product":      # what this site's (twin) unit emits: before f'
+        arriving = g if top else pas.signals.pop(position)
+    elif sends and alg.route == "skip" and not alg.feedback.per_synapse:
+        source = distinct_source(site, pas, position, scale)
 
     gW = gb = gF = J = None
-    if need_w or need_b or (need_f and alg.route != "skip"):
+    if need_w or need_b or (need_f and alg.route == "chain"):
         gW, gb = weight_update(site, g, x, top, scale, pas.error, fbk)
     if need_f:
         if alg.route == "skip":
-            gF = site.grad_skip(pas.error, x).mul_(alg.adapt_rate)
+            gF = site.grad_skip(source, x).mul_(alg.adapt_rate)
+        elif alg.route == "product":
+            gF = site.grad_weight(arriving, x).mul_(alg.adapt_rate)
         else:
             gF = gW * alg.adapt_rate
     if need_x and alg.hidden_learn:
         if alg.route == "chain":
             J = site.grad_input(g, feedback_matrix(site, weight, fbk, pas.probe), x)
         elif alg.route == "product":
-            arriving = g if top else pas.signals.pop(position)
             J = site.grad_input(arriving, feedback_matrix(site, weight, fbk, pas.probe), x)
         elif alg.feedback.per_synapse:  # the layer below reads the error itself, per synapse
             J = torch.ones_like(x)
         else:  # skip
-            J = site.skip(pas.error, fbk, x)
+            J = site.skip(source, fbk, x)
+        J = backward_units(alg, J, scale)
         J = signal_operators(site, J, scale, pas.probe)
         if alg.route == "product":
             pas.signals[position - 1] = J

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -14,7 +15,7 @@ from ..channel.algorithm import Algorithm, algorithm as make_algorithm
 from ..channel.backward import Pass
 from ..channel.noise import Noise, generator
 from ..errors import ConfigError, UnsupportedModelError
-from .activations import ELEMENTWISE, NoDerivative
+from .activations import ELEMENTWISE, NoDerivative, activation_of
 from .conv import FeedbackConv2d
 from .layers import FeedbackLinear, StackedLinear
 
@@ -144,8 +145,8 @@ def _check_product_route(alg: Algorithm, model: nn.Module):
         return
     for name, mod in model.named_modules():
         if isinstance(mod, MIXING):
-            raise ConfigError(f"{alg.name} is not supported with {type(mod).__name__} ({name}): its product of "
-                              "transposed forward matrices skips the upper derivatives, and the signal cannot "
+            raise ConfigError(f"{alg.name} is not supported with {type(mod).__name__} ({name}): its product "
+                              "route (SBP, twin network) skips the upper derivatives, and the signal cannot "
                               "be carried through pooling or normalisation without them (use bp, rbp or srbp)")
 
 
@@ -199,6 +200,15 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     between them elementwise activations, Flatten, Dropout, pooling and BatchNorm
     pass the channel's signal by autograd's backward (docs/conv.md).
 
+    Paper 2's options (docs/symmetries.md): ``backward_nonlinearity`` (the
+    learning channel's units; ``"same"`` is resolved here to the forward units'
+    transfer function), ``backward_hidden`` (a distinct backward network: its
+    layer k is held by the site at position L-k as the buffer
+    ``backward_weight``), ``feedback_scale`` (the feedback matrices are drawn at
+    that multiple of their scale) and ``init_scale`` (the converted model's
+    forward weights are multiplied by it: with both small, both channels start
+    small).
+
     ``seed`` makes the feedback matrices and the channel's noise reproducible
     (a list of seeds for an ensemble model).  The top layer is the last weight
     layer in registration order unless ``example_input`` is given, in which case
@@ -220,6 +230,7 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     if not inplace:
         model = copy.deepcopy(model)
     found = _weight_layers(model)
+    alg = _resolve_units(alg, model)
     if example_input is None:
         example_input = _declared_example(model, found)
     layers, shapes = _discover(model, found, example_input)
@@ -256,6 +267,10 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     channel = LearningChannel(alg, Noise(seeds, ensemble=bool(ensemble)), sites, top_size)
     for site in sites:
         site.channel = channel
+    if alg.init_scale != 1.0:
+        with torch.no_grad():
+            for site in sites:
+                site.weight.mul_(alg.init_scale)
     _init_feedback(sites, alg, seeds, ensemble)
     model.register_forward_pre_hook(channel.begin_pass)
     model.rbp_channel = channel
@@ -278,6 +293,26 @@ def _skip_width(site) -> int:
     return site.in_features
 
 
+def _resolve_units(alg: Algorithm, model: nn.Module) -> Algorithm:
+    """``backward_nonlinearity="same"``: the transfer function of the model's own hidden units."""
+    if alg.backward_nonlinearity != "same":
+        return alg
+    names, unknown = set(), set()
+    for _, mod in model.named_modules():
+        inner = mod.inner if isinstance(mod, NoDerivative) else mod
+        if isinstance(inner, ELEMENTWISE):
+            act = activation_of(inner)
+            (names.add(act.name) if act is not None else unknown.add(type(inner).__name__))
+    if unknown:
+        raise ConfigError(f"backward_nonlinearity='same': the learning channel has no unit like "
+                          f"{sorted(unknown)[0]}; name one of tanh, relu, logistic, linear")
+    names.discard("linear")          # nn.Identity placeholders do not name the units
+    if len(names) > 1:
+        raise ConfigError(f"backward_nonlinearity='same' is ambiguous: the model mixes {', '.join(sorted(names))} "
+                          "units; name the learning channel's units")
+    return dataclasses.replace(alg, backward_nonlinearity=names.pop() if names else "linear")
+
+
 def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble):
     if not alg.random_feedback:
         return
@@ -285,12 +320,18 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble):
     chained = alg.route != "skip"
     gens = [generator(s, "feedback") for s in seeds]
     n_top = sites[-1].out_channels if isinstance(sites[-1], FeedbackConv2d) else sites[-1].out_features
+    L, m = len(sites), len(alg.backward_hidden)
+    widths = (n_top, *alg.backward_hidden)      # layers D^0 = E^L, D^1 .. D^m of a distinct network
+    if m > L - 1:
+        raise ConfigError(f"backward_hidden has {m} layers but the network has {L - 1} hidden layers to receive "
+                          f"from them; a distinct network may be at most {L - 1} layers deep")
+    scale = alg.feedback_scale
     for i, site in enumerate(sites):
         if spec.per_synapse:
             if i == len(sites) - 1:
                 continue  # the top layer follows the gradient
             shape = (n_top, site.out_features, site.in_features + (site.bias is not None))
-            site.set_feedback(_members(spec, shape, gens, site, False, lambda k: None, ensemble), False)
+            site.set_feedback(_members(spec, shape, gens, site, False, lambda k: None, ensemble, scale), False)
             continue
         if i == 0:
             continue  # the first layer's input is the data: no learning channel below it
@@ -299,7 +340,7 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble):
             shape = tuple(site.weight.shape)
             fan_out, what = math.prod(shape[1:]), "kernel (in_channels*kh*kw)"
         else:
-            shape = (site.out_features, site.in_features) if chained else (n_top, _skip_width(site))
+            shape = (site.out_features, site.in_features) if chained else (widths[min(L - i, m)], _skip_width(site))
             fan_out, what = shape[-1], "learning channel"
         if spec.kind == "sparse" and spec.sparsity > fan_out:
             raise ConfigError(f"feedback sparse-{spec.sparsity}: n must be at most the fan-out "
@@ -310,13 +351,21 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble):
                 return None
             return (site.weight[k] if ensemble else site.weight).detach() if chained else _skip_sign(sites, i, k)
 
-        tensor = _members(spec, shape, gens, site, chained, sign_of, ensemble)
+        tensor = _members(spec, shape, gens, site, chained, sign_of, ensemble, scale)
         site.set_feedback(tensor, adaptive=alg.adaptive)
+    for k in range(1, m + 1):   # the distinct network's own layers, V^k held by the site at L - k (fixed)
+        site, shape = sites[L - k], (widths[k - 1], widths[k])
+        if spec.kind == "sparse" and spec.sparsity > shape[-1]:
+            raise ConfigError(f"feedback sparse-{spec.sparsity}: n must be at most the fan-out {shape[-1]} "
+                              f"of the distinct network's layer {k}")
+        site.register_buffer("backward_weight", _members(spec, shape, gens, site, False, lambda k: None,
+                                                         ensemble, scale))
 
 
-def _members(spec, shape, gens, site, chained, sign_of, ensemble):
+def _members(spec, shape, gens, site, chained, sign_of, ensemble, scale=1.0):
     """One feedback tensor per ensemble member, each from its own generator (stacked for an ensemble)."""
     members = [site.sample_feedback(spec, shape, chained=chained, generator=gen, forward_sign=sign_of(k),
                                     dtype=site.weight.dtype, device=site.weight.device)
                for k, gen in enumerate(gens)]
-    return torch.stack(members) if ensemble else members[0]
+    out = torch.stack(members) if ensemble else members[0]
+    return out.mul_(scale) if scale != 1.0 else out
