@@ -32,7 +32,7 @@ from torch.nn.grad import conv2d_input, conv2d_weight
 from ..channel import feedback as fb
 from ..channel.quantize import quantize
 from ..errors import ConfigError, UnsupportedModelError
-from .layers import FeedbackLinear, _CHUNK_ELEMENTS, _SiteFunction
+from .layers import FeedbackLinear, _CHUNK_ELEMENTS
 
 
 def kernel_glorot_std(shape) -> float:
@@ -189,12 +189,7 @@ class FeedbackConv2d(ConvOps, nn.Module):
         site.bias = conv.bias
         return site
 
-    def forward(self, x):
-        if self.channel is None:  # not converted: plain backprop
-            return self.affine(x, self.weight, self.bias)
-        pas = self.channel.current_pass()
-        position = pas.enter(self)
-        return _SiteFunction.apply(x, self.weight, self.bias, self.feedback, self, pas, position)
+    forward = FeedbackLinear.forward   # the same site forward: affine map, learning channel backward
 
     def extra_repr(self):
         alg = f", algorithm={self.channel.algorithm.describe()}" if self.channel is not None else ""
