@@ -54,3 +54,13 @@ def weight_grads(I, O):
     """The autograd-scale gradient of the local rule dW = I O^T for a batch-mean loss."""
     B = O[0].shape[0]
     return [-(I[h].T @ O[h]) / B for h in range(len(I))]
+
+
+def assert_grads_equal(a, b, tol=1e-12):
+    """Two gradient dicts (name -> tensor or None) agree entry by entry."""
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k] is None or b[k] is None:
+            assert a[k] is None and b[k] is None, k
+        else:
+            torch.testing.assert_close(a[k], b[k], atol=tol, rtol=0, msg=k)

@@ -22,6 +22,7 @@ from rbp.nn.conv import kernel_glorot_std
 from rbp.models import cifar_convnet
 
 from helpers import grads, output_error
+from helpers import assert_grads_equal as _close
 
 X_SHAPE = (1, 8, 8)
 
@@ -52,15 +53,6 @@ def small_net(activation="tanh", kind="pools", seed=0):
 def conv_net(alg, activation="tanh", kind="pools", seed=0, **opts):
     return rbp.convert(small_net(activation, kind, seed), alg, seed=seed + 100,
                        example_input=torch.zeros(1, *X_SHAPE, dtype=torch.float64), **opts)
-
-
-def _close(a, b, tol=1e-12):
-    assert a.keys() == b.keys()
-    for k in a:
-        if a[k] is None or b[k] is None:
-            assert a[k] is None and b[k] is None, k
-        else:
-            torch.testing.assert_close(a[k], b[k], atol=tol, rtol=0, msg=k)
 
 
 # ---------------------------------------------------------------- the tiny net for hand computations

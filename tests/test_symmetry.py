@@ -15,17 +15,9 @@ from rbp.diagnostics import Settling, alignment
 from rbp.nn.fused import FusedNetwork
 
 from helpers import batch, dtanh, forward, grads, net, output_error, sites, weight_grads
+from helpers import assert_grads_equal as _close
 
 DEEP = [7, 6, 5, 4, 3]      # three hidden layers
-
-
-def _close(a, b, tol=1e-12):
-    assert a.keys() == b.keys()
-    for k in a:
-        if a[k] is None or b[k] is None:
-            assert a[k] is None and b[k] is None, k
-        else:
-            torch.testing.assert_close(a[k], b[k], atol=tol, rtol=0, msg=k)
 
 
 def _check(m, I, O, got=None, x=None, y=None):
