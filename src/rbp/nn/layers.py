@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from ..channel import feedback as fb
 from ..channel.backward import Pass, site_backward
 from ..channel.quantize import quantize
+from . import _qkernel
 
-_CHUNK_ELEMENTS = 1 << 24  # per-example updates are formed in chunks of at most this many numbers
+_CHUNK_ELEMENTS = 1 << 20  # per-example updates are formed in chunks of at most this many numbers
 
 
 class _SiteFunction(torch.autograd.Function):
@@ -119,6 +120,11 @@ class LinearOps:
         lg = g2.abs().log2_().sub_(math.log2(alpha))
         lx = x2.abs().log2_()
         sg, sx = torch.sign(g2), torch.sign(x2)
+        gW = None
+        if _qkernel.applicable(lg, lx):
+            gW = _qkernel.quantized_outer_sum(lg, sg, lx, sx, -(bits - 1))
+        if gW is not None:
+            return self._finish_quantized(gW, g2, alpha, bits, scale)
         gW = g2.new_zeros(*lead, out, inp)
         step = max(1, _CHUNK_ELEMENTS // max(1, out * inp * (lead[0] if lead else 1)))
         for i in range(0, n, step):
@@ -127,6 +133,9 @@ class LinearOps:
             e.clamp_(-(bits - 1), 0).round_().exp2_()
             e.mul_(sg[..., sl, :].unsqueeze(-1)).mul_(sx[..., sl, :].unsqueeze(-2))
             gW += e.sum(-3)
+        return self._finish_quantized(gW, g2, alpha, bits, scale)
+
+    def _finish_quantized(self, gW, g2, alpha, bits, scale):
         gW.mul_(alpha / scale)
         gb = None
         if self.bias is not None:
