@@ -32,14 +32,15 @@ def test_kernel_equals_torch_path(bits, ensemble, monkeypatch):
     torch.testing.assert_close(gb, rb)
 
 
-def test_kernel_matches_the_definition():
-    # sum_n Q(g_n x_n^T), formed literally one example at a time.
+@pytest.mark.parametrize("bits", [1, 3])
+def test_update_matches_the_definition(bits):
+    # sum_n Q(g_n x_n^T), formed literally one example at a time (bits = 1 takes the sign-product path).
     gen = torch.Generator().manual_seed(5)
     g, x = torch.randn(9, 4, generator=gen), torch.randn(9, 6, generator=gen)
     x[0, :3] = 0.0
     lin = FeedbackLinear(6, 4)
-    gW, _ = lin.per_example_update(g, x, 0.25, 3, 1.0)
-    want = sum(quantize(torch.outer(g[k], x[k]), 0.25, 3) for k in range(9))
+    gW, _ = lin.per_example_update(g, x, 0.25, bits, 1.0)
+    want = sum(quantize(torch.outer(g[k], x[k]), 0.25, bits) for k in range(9))
     torch.testing.assert_close(gW, want)
 
 

@@ -121,7 +121,9 @@ class LinearOps:
         lx = x2.abs().log2_()
         sg, sx = torch.sign(g2), torch.sign(x2)
         gW = None
-        if _qkernel.applicable(lg, lx):
+        if bits == 1:  # one level: Q(v) = alpha * sign(v), so the sum is a product of sign matrices (exact)
+            gW = sg.transpose(-1, -2) @ sx
+        elif _qkernel.applicable(lg, lx):
             gW = _qkernel.quantized_outer_sum(lg, sg, lx, sx, -(bits - 1))
         if gW is not None:
             return self._finish_quantized(gW, g2, alpha, bits, scale)
