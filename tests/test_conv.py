@@ -221,7 +221,7 @@ def test_every_variant_reaches_conv_layers_and_the_top_follows_the_gradient(alg,
 
 
 def test_sbp_on_a_conv_net_without_pooling():
-    """SBP equals BP with one hidden layer (also through Flatten); pooling and BatchNorm are refused."""
+    """SBP equals BP with one hidden layer (also through Flatten); BatchNorm is refused."""
     x, y = _batch()
     torch.manual_seed(2)
     one = nn.Sequential(nn.Conv2d(1, 3, 3, stride=2), nn.Tanh(), nn.Flatten(), nn.Linear(27, 3)).double()
@@ -231,8 +231,55 @@ def test_sbp_on_a_conv_net_without_pooling():
     a, b = grads(rbp.convert(two, "sbp"), x, y), grads(two, x, y)
     torch.testing.assert_close(a["5.weight"], b["5.weight"], atol=1e-12, rtol=0)
     assert not torch.allclose(a["0.weight"], b["0.weight"]) and torch.isfinite(a["0.weight"]).all()
-    with pytest.raises(rbp.ConfigError, match="MaxPool2d"):
-        rbp.convert(small_net(), "sbp")
+    bn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Tanh(), nn.Flatten(), nn.Linear(72, 3))
+    with pytest.raises(rbp.ConfigError, match="BatchNorm2d"):
+        rbp.convert(bn, "sbp")
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("kind", ["pools", "strided"])
+def test_sbp_through_max_and_average_pooling(activation, kind):
+    """SBP: f'(S^h) times the upper layers' transposed forward maps, pooling's included, no upper f'.
+
+    Reference by plain autograd: wrapping every activation of the plain network in
+    ``NoDerivative`` makes dLoss/dS^h the product-route signal J^h (max-pooling routes
+    to the winners the forward pass chose, average pooling spreads evenly, no f'
+    anywhere); site h's update is then the local rule on f'(S^h) * J^h.
+    """
+    x, y = _batch()
+    got = grads(rbp.convert(small_net(activation, kind), "sbp"), x, y)
+    plain = small_net(activation, kind)
+    acts = [i for i, m in enumerate(plain) if isinstance(m, (nn.Tanh, nn.ReLU))]
+    for i in acts:
+        plain[i] = rbp.nn.NoDerivative(plain[i])
+    seen = {}
+    for i, m in enumerate(plain):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.register_forward_hook(lambda mod, inp, out, i=i: seen.__setitem__(i, (inp[0], out)))
+    loss = F.cross_entropy(plain(x), y)
+    J = torch.autograd.grad(loss, [seen[i][1] for i in sorted(seen)])
+    fprime = {"tanh": lambda s: 1 - torch.tanh(s) ** 2, "relu": lambda s: (s > 0).double()}[activation]
+    top = max(seen)
+    for (i, (inp, S)), J_h in zip(sorted(seen.items()), J):
+        m = plain[i]
+        g = J_h if i == top else fprime(S) * J_h
+        if isinstance(m, nn.Conv2d):
+            want = torch.nn.grad.conv2d_weight(inp, m.weight.shape, g, m.stride, m.padding, m.dilation)
+        else:
+            want = g.T @ inp
+        torch.testing.assert_close(got[f"{i}.weight"], want.detach(), atol=1e-12, rtol=1e-9)
+    bp = grads(small_net(activation, kind), x, y)
+    assert not torch.allclose(got["0.weight"], bp["0.weight"])
+
+
+def test_sbp_with_linear_units_is_bp_through_pooling():
+    """With f' = 1 there is no derivative to skip: SBP through max- and average pooling is BP."""
+    x, y = _batch()
+    torch.manual_seed(3)
+    lin = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Identity(), nn.MaxPool2d(3, stride=2),
+                        nn.Conv2d(4, 4, 3, padding=1), nn.Identity(), nn.AvgPool2d(2), nn.Flatten(),
+                        nn.Linear(4, 5), nn.Identity(), nn.Linear(5, 3)).double()
+    _close(grads(rbp.convert(lin, "sbp"), x, y), grads(lin, x, y))
 
 
 def test_resampled_kernels_have_the_kernel_scale_and_follow_the_forward_sign():
@@ -425,8 +472,6 @@ def test_trainer_convnet_with_augmentation_is_deterministic(data_dir):
     assert la == lb
     for (k, v), w in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(v, w), k
-    with pytest.raises(rbp.ConfigError, match="one seed at a time"):
-        Trainer(spec, [0, 1], ds, probe_size=0)
     # an MLP ensemble with augmentation: member k draws what the network with seed k draws alone
     mspec = TrainSpec(dataset="fashion-mnist", algorithm=rbp.algorithm("rbp"), hidden=(20,), augment=True,
                       batch_size=16, epochs=1)
@@ -496,3 +541,71 @@ def test_trainer_runs_the_convnet_on_gpu(data_dir):
     assert all(p.is_cuda for p in tr.model.parameters()) and all(b.is_cuda for b in tr.model.buffers())
     loss, acc = tr.train_epoch()
     assert math.isfinite(loss[0])
+
+
+# ---------------------------------------------------------------- alignment diagnostics on the autograd driver
+
+def test_alignment_of_conv_nets_bp_is_exact_and_rbp_is_not():
+    from rbp.diagnostics import model_alignment
+
+    x, y = _batch()
+    bp = model_alignment(conv_net("bp"), x, y)[0]
+    for h in (1, 2, 3):                    # two conv layers, one dense hidden layer
+        assert bp[f"signal_angle_{h}"] < 1e-5 and bp[f"update_angle_{h}"] < 1e-5, (h, bp)
+    for alg in ("rbp", "srbp", "sbp"):
+        got = model_alignment(conv_net(alg), x, y)[0]
+        for h in (1, 2):
+            assert 0.5 < got[f"signal_angle_{h}"] < 180 and 0.5 < got[f"update_angle_{h}"] < 180, (alg, h, got)
+        if alg == "rbp":                   # the kernel's mirror is the forward kernel above
+            assert all(0 < got[f"feedback_angle_{h}"] < 180 for h in (1, 2, 3))
+        if alg == "srbp":                  # W^L ... W^{h+1} is not defined across conv layers
+            assert math.isnan(got["feedback_angle_1"]) and 0 < got["feedback_angle_3"] < 180
+
+
+def test_autograd_alignment_equals_the_fused_alignment_on_an_mlp():
+    from rbp.diagnostics import alignment, model_alignment
+    from rbp.nn.fused import FusedNetwork
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(20, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (20,), generator=g)
+    for alg, opts in (("rbp", {}), ("srbp", {}), ("sbp", {}), ("rbp", {"derivative": False}),
+                      ("srbp", {"dropout": 0.5, "quantize_error": 3})):
+        m = rbp.convert(rbp.mlp([6, 5, 4, 3], seed=1).double(), alg, seed=2, **opts)
+        a, b = alignment(FusedNetwork(m), x, y)[0], model_alignment(m, x, y)[0]
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], abs=1e-8), (alg, opts, key)
+
+
+def test_alignment_of_a_conv_ensemble_is_per_member():
+    from rbp.diagnostics import model_alignment
+
+    seeds = [3, 4]
+    net = lambda s, e=None: cifar_convnet(1, 16, 4, seed=s, channels=3, hidden=8, blocks=2, ensemble=e).double()
+    ens = rbp.convert(net(3, seeds), "srbp", seed=seeds)
+    x, y = torch.randn(2, 6, 1, 16, 16, dtype=torch.float64), torch.randint(0, 4, (2, 6))
+    together = model_alignment(ens, x, y)
+    for k, s in enumerate(seeds):
+        alone = model_alignment(rbp.convert(net(s), "srbp", seed=s), x[k], y[k])[0]
+        for key, v in alone.items():
+            assert together[k][key] == pytest.approx(v, abs=1e-8, nan_ok=True), (k, key)
+
+
+def test_alignment_diagnostics_do_not_change_training():
+    """Random channel (resampled sign-concordant kernels, learning-channel dropout), augmentation:
+    training with the per-epoch probe is bitwise the training without it."""
+    from rbp.data import Dataset
+    from rbp.train import TrainSpec, train_group
+
+    g = torch.Generator().manual_seed(0)
+    ds = Dataset("tiny", torch.rand(48, 1, 16, 16, generator=g), torch.randint(0, 4, (48,), generator=g),
+                 torch.rand(8, 1, 16, 16, generator=g), torch.randint(0, 4, (8,), generator=g), (1, 16, 16), 4)
+    spec = TrainSpec(dataset="digits", algorithm=rbp.algorithm("rbp", feedback="sign-concordant", dropout=0.2),
+                     model="convnet", augment=True, batch_size=16, lr=0.01, momentum=0.9, epochs=2)
+    m0, h0 = train_group(spec, [1], ds, probe_size=0)
+    m1, h1 = train_group(spec, [1], ds, probe_size=16)
+    assert "signal_angle_1" in h1[0][-1].alignment and not h0[0][-1].alignment
+    assert 0 < h1[0][-1].alignment["signal_angle_4"] < 180
+    assert [r.train_loss for r in h0[0]] == [r.train_loss for r in h1[0]]
+    for (k, v), w in zip(m0.state_dict().items(), m1.state_dict().values()):
+        assert torch.equal(v, w), k

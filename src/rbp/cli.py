@@ -97,7 +97,7 @@ def _cmd_train(args) -> int:
             bar.write(f"epoch {rs[0].epoch:3d}/{spec.epochs}  train acc {statistics.fmean(tr):.4f}  "
                       f"test acc {statistics.fmean(te):.4f}{sd}  {rs[0].seconds:.2f} s")
 
-    histories = train(spec, seeds, dataset=ds, ensemble=not args.no_ensemble and spec.model == "mlp",
+    histories = train(spec, seeds, dataset=ds, ensemble=not args.no_ensemble,
                       on_step=bar.update, on_epoch=on_epoch)
     bar.close()
     finals = [h[-1] for h in histories]

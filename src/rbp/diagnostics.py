@@ -1,7 +1,9 @@
 """How well the learning channel aligns with the true gradient (paper 1, section 6; Lillicrap et al.).
 
-Measured on a fixed probe batch, per hidden layer h = 1 .. L-1 of a converted
-plain stack (the fused driver's networks), for every algorithm:
+Measured on a fixed probe batch, per hidden layer h = 1 .. L-1, for every
+algorithm: :func:`alignment` for the fused driver's plain stacks,
+:func:`model_alignment` for any converted model on the autograd driver (conv
+nets, structural layers, ensembles):
 
 ``signal_angle_h``
     angle in degrees between the signal the channel delivers to layer h,
@@ -16,6 +18,12 @@ plain stack (the fused driver's networks), for every algorithm:
     route; for a distinct network with hidden layers the carrier is its
     end-to-end matrix V^1 ... V^k C^h from E^L to layer h (exact for linear
     backward units, the linearisation at zero otherwise).
+
+For a conv layer the signal is its whole output map S^h (before pooling and
+f'), over the batch.  The feedback figures need the mirror to exist: a kernel's
+mirror is the forward kernel of the layer above (chained and product routes);
+on the skipped route the product W^L ... W^{h+1} is only defined when every
+weight layer above h is linear, and the figures are NaN otherwise.
 
 The probe draws no noise and resamples nothing, so switching diagnostics on
 does not change training.  90 degrees is chance; 0 is perfect alignment.
@@ -32,7 +40,13 @@ import math
 
 import torch
 
+from contextlib import contextmanager
+
+import torch.nn.functional as F
+
+from .nn.activations import NoDerivative
 from .nn.fused import FusedNetwork, softmax_xent_grad
+from .nn.layers import FeedbackLinear
 
 
 def _angle(a: torch.Tensor, b: torch.Tensor, ensemble: bool):
@@ -71,31 +85,138 @@ def alignment(fused: FusedNetwork, x: torch.Tensor, y: torch.Tensor) -> list[dic
         for k, v in enumerate(values):
             out[k][key] = v
 
+    sites = [st.site for st in stages]
     for h in range(1, len(stages)):          # hidden layer h is the output of stage h-1
-        i = h - 1
-        if alg.feedback.per_synapse and updates[i] is not None:   # the signal is per synapse: no I^h
-            put(f"signal_angle_{h}", [math.nan] * K)
-            put(f"update_angle_{h}", _angle(updates[i], true_updates[i], ens))
-        elif received[i] is None or updates[i] is None:
-            put(f"signal_angle_{h}", [math.nan] * K)
-            put(f"update_angle_{h}", [math.nan] * K)
+        _layer_figures(put, alg, sites, h, received[h - 1], deltas[h - 1], updates[h - 1], true_updates[h - 1],
+                       ens, K)
+    return out
+
+
+def _layer_figures(put, alg, sites, h, received, delta, update, true_update, ens, K):
+    """The figures of hidden layer h (the output of ``sites[h-1]``); tensors per member when ``ens``."""
+    if alg.feedback.per_synapse and update is not None:   # the signal is per synapse: no I^h
+        put(f"signal_angle_{h}", [math.nan] * K)
+        put(f"update_angle_{h}", _angle(update, true_update, ens))
+    elif received is None or update is None:
+        put(f"signal_angle_{h}", [math.nan] * K)
+        put(f"update_angle_{h}", [math.nan] * K)
+    else:
+        put(f"signal_angle_{h}", _angle(received, delta, ens))
+        put(f"update_angle_{h}", _angle(update, true_update, ens))
+    if alg.random_feedback and not alg.feedback.per_synapse:
+        carrier = sites[h].feedback
+        m = len(alg.backward_hidden)
+        if alg.route == "skip" and m:       # D^0 = E^L -> V^1 ... V^k -> C^h, in C's orientation
+            for k in range(min(len(sites) - h, m), 0, -1):
+                carrier = sites[len(sites) - k].backward_weight @ carrier
+        mirror = None
+        if alg.route != "skip":
+            mirror = sites[h].weight
+        elif all(isinstance(st, FeedbackLinear) for st in sites[h:]):
+            mirror = sites[-1].weight
+            for st in reversed(sites[h:-1]):
+                mirror = mirror @ st.weight
+        if mirror is None or mirror.shape != carrier.shape:   # not defined across conv layers
+            put(f"feedback_angle_{h}", [math.nan] * K)
+            put(f"feedback_norm_ratio_{h}", [math.nan] * K)
         else:
-            put(f"signal_angle_{h}", _angle(received[i], deltas[i], ens))
-            put(f"update_angle_{h}", _angle(updates[i], true_updates[i], ens))
-        if alg.random_feedback and not alg.feedback.per_synapse:
-            carrier = stages[h].site.feedback
-            m = len(alg.backward_hidden)
-            if alg.route == "skip" and m:       # D^0 = E^L -> V^1 ... V^k -> C^h, in C's orientation
-                for k in range(min(len(stages) - h, m), 0, -1):
-                    carrier = stages[len(stages) - k].site.backward_weight @ carrier
-            if alg.route == "skip":
-                mirror = stages[-1].site.weight
-                for st in reversed(stages[h:-1]):
-                    mirror = mirror @ st.site.weight
-            else:
-                mirror = stages[h].site.weight
             put(f"feedback_angle_{h}", _angle(carrier, mirror, ens))
             put(f"feedback_norm_ratio_{h}", _ratio(carrier, mirror, ens))
+
+
+def _members(site, t):
+    """A site's output in per-member layout (K, ...): conv ensembles keep members in the channels."""
+    if t is None or not site.ensemble or not hasattr(site, "to_members"):
+        return t
+    return site.to_members(t)
+
+
+def _loss(logits, y):
+    """The trainer's loss: batch-mean cross-entropy per network, summed over an ensemble's members."""
+    if logits.dim() == 3:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum") / y.shape[1]
+    return F.cross_entropy(logits, y)
+
+
+@contextmanager
+def _plain_autograd(model, sites):
+    """The converted model run by plain autograd: sites without their channel, f' where "no f'" skipped it."""
+    channels = [s.channel for s in sites]
+    wrapped = [m for m in model.modules() if isinstance(m, NoDerivative)]
+    try:
+        for s in sites:
+            s.channel = None
+        for m in wrapped:
+            m.forward = m.inner.forward
+        yield
+    finally:
+        for s, c in zip(sites, channels):
+            s.channel = c
+        for m in wrapped:
+            del m.forward
+
+
+def _probe_gradients(model, sites, x, y, probe_pass=None):
+    """dLoss/dS at every site's output and dLoss/dW of every weight, by one forward and backward.
+
+    ``probe_pass`` marks the learning channel's pass as a probe (no noise, no resampling).
+    """
+    outputs = {}
+    hooks = [s.register_forward_hook(lambda mod, i, o, k=k: outputs.__setitem__(k, o)) for k, s in enumerate(sites)]
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+            if probe_pass is not None:
+                probe_pass()
+            weights = [s.weight for s in sites if s.weight.requires_grad]
+            got = torch.autograd.grad(_loss(logits, y), [outputs[k] for k in range(len(sites))] + weights,
+                                      allow_unused=True)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    signals = list(got[:len(sites)])
+    it = iter(got[len(sites):])
+    updates = [next(it) if s.weight.requires_grad else None for s in sites]
+    return signals, updates
+
+
+def model_alignment(model, x: torch.Tensor, y: torch.Tensor) -> list[dict]:
+    """Alignment figures of a model converted by :func:`rbp.convert`, on the probe batch (x, y).
+
+    The channel's signal dLoss/dS^h at every site's output and its updates come
+    from one forward and backward pass of the model, marked as a probe; the true
+    gradient from plain autograd through the same forward (the sites' channels
+    detached, "no f'" wrappers differentiating).  Both run in eval mode (forward
+    dropout off, BatchNorm on its running statistics), so nothing random is drawn
+    and no running statistic changes; ``.grad`` is not touched.  One dict per
+    network (ensemble member); the keys are those of :func:`alignment`.
+    """
+    channel = model.rbp_channel
+    sites = channel.sites
+    alg = channel.algorithm
+    K = sites[0].ensemble or 1
+    ens = bool(sites[0].ensemble)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        received, updates = _probe_gradients(model, sites, x, y,
+                                             lambda: setattr(channel.current_pass(), "probe", True))
+        with _plain_autograd(model, sites):
+            deltas, true_updates = _probe_gradients(model, sites, x, y)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    out = [dict() for _ in range(K)]
+
+    def put(key, values):
+        for k, v in enumerate(values):
+            out[k][key] = v
+
+    with torch.no_grad():
+        for h in range(1, len(sites)):
+            s = sites[h - 1]
+            _layer_figures(put, alg, sites, h, _members(s, received[h - 1]), _members(s, deltas[h - 1]),
+                           updates[h - 1], true_updates[h - 1], ens, K)
     return out
 
 

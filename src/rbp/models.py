@@ -21,7 +21,7 @@ from .channel.feedback import glorot_std
 from .channel.noise import generator
 from .errors import ConfigError
 from .nn.activations import activation as get_activation
-from .nn.conv import kernel_glorot_std
+from .nn.conv import EnsembleFlatten, EnsembleFold, StackedConv2d, kernel_glorot_std
 from .nn.layers import StackedLinear
 
 MNIST_SIZES = (784, 100, 100, 100, 100, 10)
@@ -88,7 +88,7 @@ def _pooled(size: int, kernel: int = 3, stride: int = 2) -> int:
 
 def cifar_convnet(in_channels: int = 3, image_size: int = 32, num_classes: int = 10, activation: str = "tanh",
                   seed: int | None = None, *, channels: int = 64, hidden: int = 1024,
-                  blocks: int = 3) -> nn.Sequential:
+                  blocks: int = 3, ensemble: int | Sequence[int] | None = None) -> nn.Sequential:
     """Paper 1's CIFAR-10 network (section 4.3) as an ``nn.Sequential``.
 
     ``blocks`` x [Conv2d(k=5, ``channels``, stride 1, padding 2), activation,
@@ -107,19 +107,40 @@ def cifar_convnet(in_channels: int = 3, image_size: int = 32, num_classes: int =
     trainer can make the ``example_input`` that :func:`rbp.convert` needs for the
     skipped route.  ``channels`` and ``hidden`` (64 and 1024 in the paper) exist to
     make small test networks.
+
+    With ``ensemble`` (a number K, or a list of seeds, as for :func:`mlp`) the
+    model holds K networks: it takes (K, batch, C, H, W) and returns (K, batch,
+    classes).  The maps in between keep the members side by side in the channels,
+    (batch, K*C, H, W) (:class:`~rbp.nn.conv.EnsembleFold`), so each convolution is
+    one grouped convolution (:class:`~rbp.nn.conv.StackedConv2d`) and the tanh and
+    max-pooling layers are the single network's; :class:`~rbp.nn.conv.EnsembleFlatten`
+    hands (K, batch, C*H*W) rows to the ensemble dense layers.  Member k is
+    initialised exactly as ``cifar_convnet(..., seed=seeds[k])``.
     """
     for key, v in (("in_channels", in_channels), ("image_size", image_size), ("num_classes", num_classes),
                    ("channels", channels), ("hidden", hidden), ("blocks", blocks)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"{key} must be a positive integer, got {v!r}")
     act = get_activation(activation)
-    gen = generator(seed, "init")
-    layers: list[nn.Module] = []
+    seeds = _seeds(seed, ensemble)
+    gens = [generator(s, "init") for s in seeds]
+    K = len(seeds) if ensemble is not None else None
+
+    def fill(weight, std):
+        with torch.no_grad():
+            members = weight.unsqueeze(0) if K is None else weight
+            for w, g in zip(members, gens):
+                w.copy_(torch.randn(w.shape, generator=g).mul_(std))
+
+    layers: list[nn.Module] = [EnsembleFold(K)] if K else []
     size, ch = image_size, in_channels
     for b in range(blocks):
-        conv = nn.Conv2d(ch, channels, kernel_size=5, stride=1, padding=2)
+        if K:
+            conv = StackedConv2d(K, ch, channels, kernel_size=5, stride=1, padding=2)
+        else:
+            conv = nn.Conv2d(ch, channels, kernel_size=5, stride=1, padding=2)
+        fill(conv.weight, kernel_glorot_std(conv.weight.shape[-4:]))
         with torch.no_grad():
-            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen).mul_(kernel_glorot_std(conv.weight.shape)))
             conv.bias.zero_()
         size = _pooled(size)
         if size < 1:
@@ -127,10 +148,10 @@ def cifar_convnet(in_channels: int = 3, image_size: int = 32, num_classes: int =
                               f"(the map vanishes after block {b + 1}); use at least 15 pixels for 3 blocks")
         layers += [conv, act.module(), nn.MaxPool2d(3, stride=2)]
         ch = channels
-    layers.append(nn.Flatten())
+    layers.append(EnsembleFlatten(K) if K else nn.Flatten())
     for n_in, n_out, last in ((ch * size * size, hidden, False), (hidden, num_classes, True)):
-        lin = nn.Linear(n_in, n_out)
-        glorot_(lin.weight, gen)
+        lin = StackedLinear(K, n_in, n_out) if K else nn.Linear(n_in, n_out)
+        fill(lin.weight, glorot_std(lin.weight.shape[-2:]))
         nn.init.zeros_(lin.bias)
         layers.append(lin)
         if not last:

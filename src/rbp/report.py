@@ -13,6 +13,9 @@ writes into it
   accuracy as a dotted line where it gives one;
 * ``figures/NN-GROUP-alignment.png``: the alignment figures of
   :mod:`rbp.diagnostics` per hidden layer and epoch;
+* ``figures/NN-GROUP-settling.png`` (runs that record them, e.g. paper 2's
+  symmetry experiments): the relative change per epoch of every weight layer
+  and adaptive feedback matrix (:class:`rbp.diagnostics.Settling`), log scale;
 * ``figures/overview.png`` (experiments with paper numbers): ours against the
   paper's, one line per configuration;
 * ``results.csv``: the tidy rows, one per run and epoch.
@@ -37,6 +40,9 @@ _ALIGN = re.compile(r"^(signal_angle|update_angle|feedback_angle|feedback_norm_r
 _ALIGN_TITLES = {"signal_angle": "signal angle to BP's delta (deg)",
                  "update_angle": "update angle to the gradient (deg)",
                  "feedback_angle": "feedback angle, C vs W (deg)"}
+_SETTLE = re.compile(r"^(weight_change|feedback_change)_(\d+)$")
+_SETTLE_TITLES = {"weight_change": ("forward weights", "weight layer"),
+                  "feedback_change": ("adaptive feedback", "feedback to hidden layer")}
 _INPUT_DIM = {"digits": 64, "mnist": 784, "fashion-mnist": 784}
 PAPER_EPOCHS = 100
 
@@ -81,6 +87,7 @@ class Summary:
         self.epochs = max((len(d["history"]) for d in docs), default=0)
         self.planned_epochs = max((d["spec"].get("epochs", 0) for d in docs), default=0)
         self.diverged = sum(bool(d.get("diverged")) for d in docs)
+        self.diverged_at = sorted((d["seed"], _diverged_epoch(d)) for d in docs if d.get("diverged"))
         self.sec = _mean_sd([_num(r["seconds"]) / max(1, int(r.get("ensemble") or 1))
                              for d in docs for r in d["history"]])[0]
 
@@ -103,6 +110,21 @@ class Summary:
 
 def _num(v):
     return math.nan if v is None else float(v)
+
+
+def _diverged_epoch(doc):
+    """The epoch at which a stored run diverged (older run files lack ``diverged_epoch``)."""
+    if doc.get("diverged_epoch") is not None:
+        return doc["diverged_epoch"]
+    return next((r.get("epoch") for r in doc["history"] if r.get("diverged")), None)
+
+
+def _diverged_text(s):
+    if not s.diverged:
+        return ""
+    epochs = sorted({e for _, e in s.diverged_at if e is not None})
+    at = f" at epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))}" if epochs else ""
+    return f" ({s.diverged} of {len(s.seeds)} diverged{at})"
 
 
 def summarize(directory):
@@ -226,6 +248,52 @@ def alignment_figure(path, title, summaries):
     return path
 
 
+def settling_figure(path, title, summaries):
+    """Relative change per epoch of each weight layer / adaptive feedback matrix; None when not recorded."""
+    keys = {k for s in summaries for d in s.docs for r in d["history"] for k in r if _SETTLE.match(k)}
+    kinds = [k for k in _SETTLE_TITLES if any(_SETTLE.match(x).group(1) == k for x in keys)]
+    if not kinds:
+        return None
+    layers = {k: sorted({int(_SETTLE.match(x).group(2)) for x in keys if _SETTLE.match(x).group(1) == k})
+              for k in kinds}
+    ncols = max(len(v) for v in layers.values())
+    fig, ax = _figure(len(kinds), ncols, 3.2 * ncols + 1, 2.7 * len(kinds) + 1.3)
+    colors = _colors(len(summaries))
+    for i, kind in enumerate(kinds):
+        what, unit = _SETTLE_TITLES[kind]
+        for j in range(ncols):
+            a = ax[i][j]
+            if j >= len(layers[kind]):
+                a.set_visible(False)
+                continue
+            n = layers[kind][j]
+            for s, c in zip(summaries, colors):
+                xs, m, _ = s.curve(f"{kind}_{n}")
+                pts = [(x, v) for x, v in zip(xs, m) if v > 0]
+                if pts:
+                    a.plot(*zip(*pts), color=c, marker=_marker(s), ms=3, lw=1.4, label=s.label)
+            a.set_yscale("log")
+            a.set_title(f"{what}: {unit} {n}", fontsize=9)
+            a.set_xlabel("epoch", fontsize=8)
+            a.xaxis.get_major_locator().set_params(integer=True)
+            if j == 0:
+                a.set_ylabel("||ΔW|| / ||W|| per epoch" if kind == "weight_change" else "||ΔC|| / ||C|| per epoch",
+                             fontsize=8)
+            a.grid(alpha=0.3, which="both")
+    handles, labels = [], []
+    for row in ax:
+        for a in row:
+            for hd, lb in zip(*a.get_legend_handles_labels()):
+                if lb not in labels:
+                    handles.append(hd)
+                    labels.append(lb)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8)
+    fig.suptitle(f"{title}: do the learning equations settle? relative change of each matrix over one epoch "
+                 "(mean over seeds; falling = settling)", fontsize=10)
+    fig.savefig(path)
+    return path
+
+
 def overview_figure(path, title, summaries):
     """Final test accuracy, ours (mean +- sd) against the paper's, one line per configuration."""
     rows = [s for s in summaries if s.meta.get("paper_mean") is not None]
@@ -316,7 +384,7 @@ def write_report(directory, out=None) -> dict:
     table_rows = []
     for s in summaries:
         m, sd = s.test
-        cells = [s.meta.get("row") or "", s.label + (f" ({s.diverged} diverged)" if s.diverged else ""),
+        cells = [s.meta.get("row") or "", s.label + _diverged_text(s),
                  _fmt(m, sd), _fmt(*s.train), str(len(s.seeds))]
         pm, psd = s.meta.get("paper_mean"), s.meta.get("paper_sd")
         f, tol = flag(m, sd, pm, psd)
@@ -335,6 +403,11 @@ def write_report(directory, out=None) -> dict:
             notes[s.meta["note"]].append(s.id)
     if notes:
         L.append("\nNotes:\n" + "\n".join(f"- {', '.join(ids)}: {n}" for n, ids in notes.items()))
+    if any(s.diverged for s in summaries):
+        L.append("\n**Diverged runs** (loss NaN or infinite; the run was stopped at that epoch, and its last "
+                 "epoch's accuracy is what the table averages):\n")
+        L.extend(f"- {s.label} ({s.id}), seed {seed}: epoch {e if e is not None else '?'}"
+                 for s in summaries for seed, e in s.diverged_at)
 
     figures = []
     if has_table:
@@ -363,6 +436,10 @@ def write_report(directory, out=None) -> dict:
         if al:
             figures.append(al)
             L.append(f"![{title}: alignment](figures/{al.name})\n")
+        st = settling_figure(figdir / f"{stem}-settling.png", title, members)
+        if st:
+            figures.append(st)
+            L.append(f"![{title}: relative change of the weights per epoch (settling)](figures/{st.name})\n")
 
     keys = sorted({k for s in summaries for k in s.align_keys() if k.startswith("update_angle")},
                   key=lambda k: int(k.rsplit("_", 1)[1]))

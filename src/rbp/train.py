@@ -27,7 +27,7 @@ from . import data as datasets
 from .channel.algorithm import Algorithm, algorithm as make_algorithm
 from .channel.noise import generator
 from .errors import ConfigError
-from .diagnostics import Settling, alignment
+from .diagnostics import Settling, alignment, model_alignment
 from .models import cifar_convnet, mlp
 from .nn.convert import convert
 from .nn.fused import FusedNetwork, softmax_xent_grad
@@ -40,6 +40,7 @@ PAPER_HIDDEN = (100, 100, 100, 100)
 MODELS = ("mlp", "convnet", "cifar_convnet")
 CONV_MODELS = {"convnet": cifar_convnet, "cifar_convnet": cifar_convnet}
 CONV_WEIGHT_LAYERS = 5     # 3 conv + 2 dense
+CONV_PROBE = 256           # examples in the alignment probe batch of a conv net (rbp.diagnostics)
 
 
 @dataclass
@@ -125,17 +126,19 @@ def build(spec: TrainSpec, seeds: Sequence[int], input_dim: int, num_classes: in
     """The converted network for ``seeds`` (an ensemble when more than one).
 
     Convolutional models (``spec.model`` in CONV_MODELS) need the image shape
-    ``input_shape`` = (C, H, W) and train one seed at a time.
+    ``input_shape`` = (C, H, W); several seeds make one ensemble whose
+    convolutions are grouped convolutions (docs/conv.md).
     """
     seeds = list(seeds)
     if spec.model in CONV_MODELS:
-        if len(seeds) > 1:
-            raise ConfigError(f"model {spec.model!r} trains one seed at a time, got {len(seeds)} seeds at once")
         if input_shape is None or len(input_shape) != 3 or input_shape[1] != input_shape[2]:
             raise ConfigError(f"model {spec.model!r} needs square images (C, H, H), got input shape {input_shape}")
-        model = CONV_MODELS[spec.model](input_shape[0], input_shape[1], num_classes, spec.activation, seed=seeds[0])
-        model = convert(model, spec.algorithm, seed=seeds[0], inplace=True,
-                        example_input=torch.zeros(1, *input_shape))
+        ensemble = seeds if len(seeds) > 1 else None
+        model = CONV_MODELS[spec.model](input_shape[0], input_shape[1], num_classes, spec.activation, seed=seeds[0],
+                                        ensemble=ensemble)
+        lead = (len(seeds),) if ensemble else ()
+        model = convert(model, spec.algorithm, seed=seeds if ensemble else seeds[0], inplace=True,
+                        example_input=torch.zeros(*lead, 1, *input_shape))
     else:
         sizes = [input_dim, *spec.hidden, num_classes]
         ensemble = seeds if len(seeds) > 1 else None
@@ -188,7 +191,12 @@ def _stats(logits, y):
 
 @torch.no_grad()
 def evaluate(stepper, x, y, K, chunk=2000):
-    """Mean loss and accuracy of each network on (x, y); returns two lists of length K."""
+    """Mean loss and accuracy of each network on (x, y); returns two lists of length K.
+
+    ``chunk`` examples per network at a time (an image ensemble keeps chunk x K maps).
+    """
+    if K and x.dim() > 2:
+        chunk = max(1, chunk // K)
     loss = torch.zeros(K or 1, dtype=torch.float64, device=x.device)
     correct = torch.zeros(K or 1, dtype=torch.int64, device=x.device)
     for i in range(0, x.shape[0], chunk):
@@ -227,7 +235,9 @@ class Trainer:
                             decay=spec.decay, momentum=spec.momentum)
         self.data_gens = [generator(s, "data") for s in self.seeds]
         self.probe_batch = None
-        if probe_size and self.stepper.fused is not None:
+        if probe_size:
+            if conv:        # the conv channel keeps every map of the probe batch: a smaller probe
+                probe_size = min(probe_size, CONV_PROBE)
             px, py = self.x_train[:probe_size], self.y_train[:probe_size]
             K = self.K
             self.probe_batch = (px.unsqueeze(0).expand(K, *px.shape).contiguous(),
@@ -283,7 +293,9 @@ class Trainer:
     def alignment(self):
         if self.probe_batch is None:
             return [{} for _ in self.seeds]
-        return alignment(self.stepper.fused, *self.probe_batch)
+        if self.stepper.fused is not None:
+            return alignment(self.stepper.fused, *self.probe_batch)
+        return model_alignment(self.model, *self.probe_batch)
 
 
 def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
@@ -293,8 +305,8 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
     """Train one network per seed, all together; returns (model, list of histories per seed).
 
     After every epoch the alignment figures of :mod:`rbp.diagnostics` are measured
-    on a fixed probe batch (the first ``probe_size`` training examples; 0 turns
-    it off), with the relative change of every weight and adaptive feedback
+    on a fixed probe batch (the first ``probe_size`` training examples, at most
+    ``CONV_PROBE`` for conv nets; 0 turns it off), with the relative change of every weight and adaptive feedback
     matrix over the epoch (:class:`rbp.diagnostics.Settling`).  The probe draws no
     random numbers, so it does not change training.
     A network whose loss becomes NaN or infinite is marked ``diverged``; the
@@ -342,19 +354,46 @@ def available_memory(device) -> int:
         return 4 << 30
 
 
-def ensemble_capacity(spec: TrainSpec, input_dim: int, num_classes: int, memory: int | None = None) -> int:
+def _conv_units(input_shape, num_classes) -> tuple[int, int]:
+    """(parameters, units of the maps per example) of the paper's conv net on images of ``input_shape``."""
+    model = cifar_convnet(input_shape[0], input_shape[1], num_classes)
+    params = sum(p.numel() for p in model.parameters())
+    units, x = 0, torch.zeros(1, *input_shape)
+    with torch.no_grad():
+        for layer in model:
+            x = layer(x)
+            units += x.numel()
+    return params, units
+
+
+def ensemble_capacity(spec: TrainSpec, input_dim: int, num_classes: int, memory: int | None = None,
+                      input_shape: tuple | None = None) -> int:
     """How many networks of ``spec`` fit in one ensemble, using at most half the free memory.
 
     Per network: the parameters with their feedback, gradients and velocities
     (x4), the activations of a minibatch kept for the learning channel, and the
     per-example update tensors of the quantized-update operator (formed in chunks).
+    Conv models train one at a time on CPU (grouped convolutions do not pay there);
+    elsewhere they need the image shape ``input_shape``; their activations are every
+    map of the forward pass, counted four times (kept, signal, and the
+    temporaries of the grouped convolutions).
     """
+    memory = available_memory(spec.device) if memory is None else memory
+    if spec.model in CONV_MODELS:
+        if torch.device(spec.device).type == "cpu":
+            # measured (docs/conv.md): oneDNN's grouped convolutions are slower per network than
+            # the members' convolutions one after another, so on CPU conv seeds train one by one
+            return 1
+        if input_shape is None:
+            raise ConfigError(f"ensemble_capacity for model {spec.model!r} needs the image shape")
+        params, units = _conv_units(tuple(input_shape), num_classes)
+        per_net = 4 * (4 * params + 4 * spec.batch_size * units)
+        return max(1, int(memory // 2 // per_net))
     sizes = [input_dim, *spec.hidden, num_classes]
     params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
     per_net = 4 * (4 * params + 4 * spec.batch_size * sum(sizes))
     if spec.algorithm.quantize_update:
         per_net += 4 * spec.batch_size * max(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-    memory = available_memory(spec.device) if memory is None else memory
     return max(1, int(memory // 2 // per_net))
 
 
@@ -370,10 +409,9 @@ def train(spec: TrainSpec, seeds: Sequence[int], dataset=None, ensemble: bool = 
     if not seeds:
         raise ConfigError("need at least one seed")
     ds = dataset or datasets.load(spec.dataset)    # Trainer flattens it for MLPs
-    if spec.model in CONV_MODELS:
-        size = 1                                     # conv nets: one seed after another
-    elif ensemble:
-        size = max_ensemble or ensemble_capacity(spec, ds.input_dim, ds.num_classes)
+    if ensemble:
+        size = max_ensemble or ensemble_capacity(spec, ds.input_dim, ds.num_classes,
+                                                 input_shape=ds.input_shape)
     else:
         size = 1
     out = []

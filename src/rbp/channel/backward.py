@@ -53,10 +53,30 @@ class Pass:
     signals: dict = field(default_factory=dict)  # position -> pre-derivative signal (product route)
     backward: dict = field(default_factory=dict) # k -> layer k of a distinct backward network (skip route)
     probe: bool = False                          # diagnostics: no noise drawn, no feedback resampled
+    structure: dict = field(default_factory=dict)  # position -> [(module, input)] pooling/reshapes above it
 
     def enter(self, site) -> int:
         self.order.append(site)
         return len(self.order) - 1
+
+    def record(self, module, x):
+        """A structural module (pooling, reshape) ran on x after the latest site (product route)."""
+        self.structure.setdefault(len(self.order) - 1, []).append((module, x))
+
+    def through_structure(self, position: int, J):
+        """The product route's signal, from the next site's input back to this site's output.
+
+        It passes the recorded structural modules in reverse by their own backward
+        (max-pooling: to each window's winner; average pooling: spread evenly;
+        reshapes), i.e. by the transposed forward matrix each of them applied on
+        this pass.  The elementwise f' between them is not applied (docs/conv.md).
+        """
+        for module, x in reversed(self.structure.get(position, ())):
+            with torch.enable_grad():
+                xi = x.detach().requires_grad_(True)
+                out = module.forward(xi)
+            J = torch.autograd.grad(out, xi, J.reshape(out.shape))[0]
+        return J
 
     def is_top(self, position: int) -> bool:
         return position == len(self.order) - 1
@@ -101,6 +121,9 @@ def signal_operators(site, J: torch.Tensor, scale: float, probe: bool = False) -
     if alg.quantize_error:
         J = quantize(J * scale, alg.quantize_error_alpha, alg.quantize_error).div_(scale)
     if alg.dropout and not probe:
+        if hasattr(site, "fold_members"):   # conv sites: an ensemble's members share the map's channels
+            mask = site.channel.noise.keep_mask(site.member_shape(J), alg.dropout, J.dtype, J.device)
+            return J * site.fold_members(mask)
         shape = J.shape[1:] if site.ensemble else J.shape
         J = J * site.channel.noise.keep_mask(shape, alg.dropout, J.dtype, J.device)
     return J
@@ -212,7 +235,7 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
     sends = (need_x or need_f) and alg.hidden_learn
     arriving = source = None
     if sends and alg.route == "product":      # what this site's (twin) unit emits: before f'
-        arriving = g if top else pas.signals.pop(position)
+        arriving = g if top else pas.through_structure(position, pas.signals.pop(position))
     elif sends and alg.route == "skip" and not alg.feedback.per_synapse:
         source = distinct_source(site, pas, position, scale)
 

@@ -24,6 +24,15 @@ def register(sub):
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-configuration lines")
     r.add_argument("--report", action="store_true", help="write the report when the runs are done")
     r.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    d = r.add_argument_group("distributed (docs/scaling.md; needs pip install 'rbp[distributed]')")
+    d.add_argument("--executor", choices=["local", "dask"], default="local",
+                   help="local (this process, default) or dask (tasks on a Dask cluster)")
+    d.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="join the Dask cluster at ADDRESS (e.g. tcp://host:8786); default: start a LocalCluster")
+    d.add_argument("--workers", type=int, default=None,
+                   help="worker processes of the LocalCluster (default: CPU cores, at most one per task)")
+    d.add_argument("--seeds-per-task", type=int, default=None,
+                   help="split each configuration's ensemble into tasks of this many seeds (default: one task)")
     r.set_defaults(func=_cmd_run)
 
     rep = sub.add_parser("report", help="write report.md and figures for a result store")
@@ -61,17 +70,28 @@ def _cmd_run(args) -> int:
     exp = load(args.experiment)
     out = args.out or f"results/{exp.name}"
     summary = run(exp, out, epochs=args.epochs, seeds=args.seeds, device=args.device, data_dir=args.data_dir,
-                  progress=not args.quiet, threads=args.threads)
+                  progress=not args.quiet, threads=args.threads, executor=args.executor,
+                  scheduler=args.scheduler, workers=args.workers, seeds_per_task=args.seeds_per_task)
     if args.report:
         summary["report"] = _report(out, None)["report"]
+    for d in summary.get("diverged", []):
+        print(f"rbp: {d['config']} seed {d['seed']} diverged at epoch {d['epoch']} (stored as diverged)",
+              file=sys.stderr)
+    failed = summary.get("failed", [])
+    for f in failed:
+        seeds = ",".join(map(str, f["seeds"]))
+        print(f"rbp: error: {f['config']} seeds {seeds} failed: {f['error']}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     else:
+        n_failed = sum(len(f["seeds"]) for f in failed)
         print(f"{exp.name}: {summary['runs']} runs ({summary['configs']} configurations x {summary['seeds']} "
               f"seeds, {summary['epochs']} epochs): {summary['trained']} trained, {summary['skipped']} already "
-              f"stored, {summary['seconds']:.1f} s; results in {out}"
+              f"stored" + (f", {n_failed} failed" if n_failed else "")
+              + (f", {len(summary['diverged'])} diverged" if summary.get("diverged") else "")
+              + f", {summary['seconds']:.1f} s; results in {out}"
               + (f", report {summary['report']}" if args.report else f" (`rbp report {out}` writes the report)"))
-    return 0
+    return 1 if failed else 0
 
 
 def _report(directory, out):

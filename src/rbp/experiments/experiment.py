@@ -124,11 +124,13 @@ def _bool(v):
     return v
 
 
-def _int_list(lo, allow_empty):
+def _int_list(lo, allow_empty, hi=None):
     def check(v):
         if not isinstance(v, list) or (not v and not allow_empty) or \
-                any(isinstance(x, bool) or not isinstance(x, int) or x < lo for x in v):
-            raise _Bad(f"must be a list of integers >= {lo}{'' if allow_empty else ' (not empty)'}, got {v!r}")
+                any(isinstance(x, bool) or not isinstance(x, int) or x < lo or (hi is not None and x > hi)
+                    for x in v):
+            rng = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
+            raise _Bad(f"must be a list of integers {rng}{'' if allow_empty else ' (not empty)'}, got {v!r}")
         return tuple(v)
     return check
 
@@ -143,8 +145,10 @@ def _str_list(v):
 
 _ACTIVATION = _str(tuple(ACTIVATIONS) + tuple(ALIASES))
 PROTOCOL_CHECKS = {
-    "epochs": _int(1), "seeds": _int(1), "batch_size": _int(1), "lr": _float(0, lo_open=True),
-    "decay": _float(0), "momentum": _float(0, 1), "hidden": _int_list(1, False), "activation": _ACTIVATION,
+    # upper bounds: far beyond any experiment of the papers, low enough to catch a typo before it allocates
+    "epochs": _int(1, 100_000), "seeds": _int(1, 10_000), "batch_size": _int(1, 1_000_000),
+    "lr": _float(0, lo_open=True), "decay": _float(0), "momentum": _float(0, 1),
+    "hidden": _int_list(1, False, 100_000), "activation": _ACTIVATION,
     "frozen": _int_list(1, True), "model": _str(pattern=re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")),
     "augment": _bool,
 }
@@ -270,7 +274,14 @@ def load(name_or_path: str | Path) -> Experiment:
     if text_name.endswith(".toml") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"experiment file {path} not found")
-        return parse(path.read_text(encoding="utf-8"), str(path))
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path.name}: not a UTF-8 text file (byte {e.start}: {e.reason}); "
+                              "an experiment file is TOML text") from None
+        return parse(text, str(path))
     if text_name not in bundled_names():
         raise ConfigError(f"unknown experiment {text_name!r}; `rbp list` shows the names "
                           "(or give the path of a .toml file)")

@@ -7,6 +7,12 @@ written as soon as the group finishes.  Seeds are 0..K-1, so ``--seeds 2``
 followed by ``--seeds 5`` reuses seeds 0 and 1.  A stored run counts as done
 only if it was made with the same protocol (epochs, lr, ...); a store made
 with another protocol is refused rather than mixed.
+
+Two executors run the same units of work: ``local`` trains in this process;
+``dask`` sends each configuration's missing seeds (or slices of them, with
+``seeds_per_task``) as tasks to a Dask cluster (:mod:`.distributed`).  Either way
+this process writes the run files, so the store is the same and a sweep can be
+continued with the other executor.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from ..errors import ConfigError
 from .experiment import Experiment, load
 from .store import Store
 
+EXECUTORS = ("local", "dask")
+
 
 def plan(experiment: Experiment, store: Store, epochs=None, seeds=None, device="cpu"):
     """[(config, spec, missing seeds)] for every configuration, and the number of seeds K."""
@@ -34,7 +42,9 @@ def plan(experiment: Experiment, store: Store, epochs=None, seeds=None, device="
 
 
 def run(experiment, out, epochs: int | None = None, seeds: int | None = None, device: str = "cpu",
-        data_dir=None, progress: bool = True, log=None, threads: int | None = None) -> dict:
+        data_dir=None, progress: bool = True, log=None, threads: int | None = None,
+        executor: str = "local", scheduler: str | None = None, workers: int | None = None,
+        seeds_per_task: int | None = None, retries: int = 2) -> dict:
     """Run (or resume) ``experiment`` into the store folder ``out``; returns a summary dict.
 
     ``epochs`` / ``seeds`` scale the paper's protocol down (defaults: the
@@ -42,14 +52,29 @@ def run(experiment, out, epochs: int | None = None, seeds: int | None = None, de
     one line per finished configuration (default: stderr unless ``progress`` is off).
     ``threads`` sets torch's intra-op threads for this process (default: torch's
     choice); on a busy machine 1 thread can be several times faster than 2.
+
+    ``executor="dask"`` runs the tasks on a Dask cluster: the one at ``scheduler``
+    (an address such as ``tcp://host:8786``), or a LocalCluster of ``workers``
+    processes started for this call.  ``seeds_per_task`` splits a configuration's
+    ensemble into tasks of that many seeds; ``retries`` is how often a task that
+    raised an unexpected error is tried again (a worker that dies is handled by
+    the scheduler).  The summary's ``failed`` lists the tasks that failed for good.
     """
     from .. import data as datasets
-    from ..train import train_group
 
     exp = experiment if isinstance(experiment, Experiment) else load(experiment)
-    for key, v in (("--epochs", epochs), ("--seeds", seeds), ("--threads", threads)):
+    for key, v in (("--epochs", epochs), ("--seeds", seeds), ("--threads", threads), ("--workers", workers),
+                   ("--seeds-per-task", seeds_per_task)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ConfigError(f"{key} must be a positive integer, got {v!r}")
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "local" and (scheduler is not None or workers is not None or seeds_per_task is not None):
+        raise ConfigError("--scheduler, --workers and --seeds-per-task need --executor dask")
+    if scheduler is not None and workers is not None:
+        raise ConfigError("--workers starts a local cluster; it cannot be combined with --scheduler")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"retries must be an integer >= 0, got {retries!r}")
     missing_features = exp.missing_features()
     if missing_features:
         raise ConfigError(f"experiment {exp.name}: {missing_features[0]}")
@@ -60,10 +85,16 @@ def run(experiment, out, epochs: int | None = None, seeds: int | None = None, de
     n_todo = sum(len(m) for _, _, m in todo)
     summary = {"experiment": exp.name, "out": str(Path(out)), "configs": len(exp.configs), "seeds": K,
                "epochs": int(epochs or exp.protocol["epochs"]), "runs": n_runs, "trained": 0,
-               "skipped": n_runs - n_todo, "seconds": 0.0}
+               "skipped": n_runs - n_todo, "seconds": 0.0, "executor": executor, "diverged": [],
+               "failed": []}
     if n_todo == 0:
         store.bind(exp)
         return summary
+    if executor == "dask":
+        from .distributed import run_on_dask      # binds the store once the cluster answers
+        return run_on_dask(exp, store, todo, summary, scheduler=scheduler, workers=workers,
+                           seeds_per_task=seeds_per_task, device=device, data_dir=data_dir, threads=threads,
+                           retries=retries, progress=progress, log=log)
 
     t_start = time.perf_counter()
     if threads is not None:
@@ -98,37 +129,70 @@ def run(experiment, out, epochs: int | None = None, seeds: int | None = None, de
 
             t0 = time.perf_counter()
             histories = []
-            size = _chunk_size(spec, ds)
-            for i in range(0, len(missing), size):     # a chunk is one batched ensemble
-                chunk = missing[i:i + size]
-                _, hs = train_group(spec, chunk, dataset=ds, on_step=lambda n, w=len(chunk): on_step(n, w))
+            for chunk, hs in train_seeds(spec, missing, ds, on_step):
                 for seed, history in zip(chunk, hs):
-                    store.write(exp, config, seed, spec, history, ensemble=chunk, checksums=ds.checksums)
+                    path = store.write(exp, config, seed, spec, history, ensemble=chunk, checksums=ds.checksums)
+                    _note_divergence(summary, path)
                 histories.extend(hs)
             if advanced < planned:          # networks diverged and training stopped early
                 bar.update(planned - advanced)
                 progressed += planned - advanced
             summary["trained"] += width
-            accs = [h[-1].test_accuracy for h in histories]
-            sd = f" (sd {statistics.stdev(accs):.4f})" if len(accs) > 1 else ""
             elapsed = time.perf_counter() - t_start
             left = elapsed / max(progressed, 1) * (total - progressed)
-            log(f"[{done_groups}/{groups}] {config.id}: seeds {_seed_text(missing)}, final test accuracy "
-                f"{statistics.fmean(accs):.4f}{sd}, {time.perf_counter() - t0:.1f} s; about "
-                f"{_duration(left)} left")
+            log(f"[{done_groups}/{groups}] {config.id}: seeds {_seed_text(missing)}, "
+                f"{result_text([[r.as_dict() for r in h] for h in histories])}, "
+                f"{time.perf_counter() - t0:.1f} s; about {_duration(left)} left")
     finally:
         bar.close()
         summary["seconds"] = round(time.perf_counter() - t_start, 3)
     return summary
 
 
+def train_seeds(spec, seeds, ds, on_step=None):
+    """Train ``seeds`` of one configuration in batched ensembles as large as memory allows.
+
+    Yields (seeds of the ensemble, their histories) per ensemble; ``on_step(n, width)``
+    is told of every n training steps of an ensemble of ``width`` networks.
+    """
+    from ..train import train_group
+    size = _chunk_size(spec, ds)
+    for i in range(0, len(seeds), size):     # a chunk is one batched ensemble
+        chunk = list(seeds[i:i + size])
+        step = None if on_step is None else (lambda n, w=len(chunk): on_step(n, w))
+        _, hs = train_group(spec, chunk, dataset=ds, on_step=step)
+        yield chunk, hs
+
+
+def result_text(histories) -> str:
+    """'final test accuracy 0.9512 (sd 0.0040)', with the diverged runs named, for the progress lines."""
+    from .store import stop_at_divergence
+    rows = [stop_at_divergence(list(h)) for h in histories]
+    diverged = [r[-1] for r in rows if r[-1].get("diverged")]
+    accs = [r[-1]["test_accuracy"] for r in rows if not r[-1].get("diverged")]
+    text = ""
+    if accs:
+        sd = f" (sd {statistics.stdev(accs):.4f})" if len(accs) > 1 else ""
+        text = f"final test accuracy {statistics.fmean(accs):.4f}{sd}"
+    if diverged:
+        text += (", " if text else "") + ", ".join(f"seed {r['seed']} diverged at epoch {r['epoch']}"
+                                                   for r in diverged)
+    return text
+
+
+def _note_divergence(summary, path):
+    from .store import read_run
+    doc = read_run(path)
+    if doc.get("diverged"):
+        summary["diverged"].append({"config": doc["config"]["id"], "seed": doc["seed"],
+                                    "epoch": doc.get("diverged_epoch")})
+
+
 def _chunk_size(spec, ds) -> int:
-    """How many seeds train together: convolutional networks one at a time, MLPs as memory allows."""
+    """How many seeds train together in one batched ensemble, as memory allows (MLPs and conv nets)."""
     from .. import train
-    if spec.model != "mlp":
-        return 1
     capacity = getattr(train, "ensemble_capacity", None)
-    return capacity(spec, ds.input_dim, ds.num_classes) if capacity else 1 << 30
+    return capacity(spec, ds.input_dim, ds.num_classes, input_shape=ds.input_shape) if capacity else 1 << 30
 
 
 def _duration(seconds: float) -> str:

@@ -15,10 +15,23 @@ exists.  A run file holds (format ``rbp-run/1``)::
      "config": {id, label, algorithm, options, row, groups, paper_mean, paper_sd, note, order},
      "spec": the TrainSpec (algorithm as name + options), "key": the part of it that must match to resume,
      "ensemble": the seeds trained together with it, "epochs_completed": n, "diverged": bool,
-     "provenance": {rbp/torch/python versions, machine, data checksums, finished (UTC)},
+     "diverged_epoch": the first epoch whose loss was NaN or infinite (null if none),
+     "provenance": {rbp/torch/python versions, machine, host, data checksums, finished (UTC)},
      "history": [one row per epoch: seed, epoch, train_loss, train_accuracy, test_loss, test_accuracy,
                  seconds, ensemble, diverged, signal_angle_h, update_angle_h, feedback_angle_h,
                  feedback_norm_ratio_h ...]}
+
+A run that diverges is *stopped* at the epoch where its loss became NaN or
+infinite: its history ends with that epoch (in an ensemble the other members
+go on training, and the diverged member's later epochs are not kept), so a
+run's record is the same whether it trained alone or in an ensemble.
+
+Two sweeps may write the same store at the same time (two ``rbp run`` on one
+machine, or a cluster run and a local run): every run has its own file and
+each write is one ``os.replace``, so a reader sees either no file or a whole
+one, and when both sweeps compute the same run the last complete file wins.
+Temporary files left by a writer that was killed mid-write (``.NAME.*.tmp``)
+are never read; :meth:`Store.bind` removes those older than an hour.
 
 Non-finite numbers are stored as ``null`` (strict JSON) and read back as NaN.
 ``seconds`` is the wall time of the epoch for the whole ensemble of
@@ -30,8 +43,11 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import numbers
 import os
+import socket
 import tempfile
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -40,6 +56,7 @@ from ..errors import ConfigError
 from ..results import provenance
 
 FORMAT = "rbp-run/1"
+STALE_TEMP_SECONDS = 3600      # a temporary file this old belongs to a writer that died
 META_COLUMNS = ("experiment", "config", "label", "row", "algorithm")
 
 
@@ -114,6 +131,27 @@ class Store:
         self.check(experiment)
         self.runs.mkdir(parents=True, exist_ok=True)
         atomic_write(self.root / "experiment.toml", experiment.source)
+        self.remove_stale_temporaries()
+
+    def remove_stale_temporaries(self, older_than: float = STALE_TEMP_SECONDS) -> int:
+        """Delete temporary files of killed writers (older than ``older_than`` seconds); returns how many.
+
+        A live writer's temporary file exists for milliseconds, so an hour-old one
+        cannot belong to a sweep that is still running.
+        """
+        removed = 0
+        now = time.time()
+        for folder in (self.root, self.runs):
+            if not folder.is_dir():
+                continue
+            for p in folder.glob(".*.tmp"):
+                try:
+                    if now - p.stat().st_mtime > older_than:
+                        p.unlink()
+                        removed += 1
+                except OSError:      # another process removed or replaced it first
+                    pass
+        return removed
 
     def check(self, experiment):
         """Refuse a folder that holds another experiment's runs or is not a store; writes nothing."""
@@ -128,14 +166,22 @@ class Store:
             if not self.runs.is_dir():
                 raise ConfigError(f"{self.root} exists and is not an rbp result store; choose another --out")
 
-    def write(self, experiment, config, seed, spec, history, ensemble, checksums=None) -> Path:
-        rows = [r.as_dict() if hasattr(r, "as_dict") else dict(r) for r in history]
-        prov = provenance(checksums)
-        prov["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    def write(self, experiment, config, seed, spec, history, ensemble, checksums=None,
+              provenance_of_run: dict | None = None) -> Path:
+        """Store one finished run atomically.
+
+        ``provenance_of_run`` is the provenance measured where the run trained (a
+        cluster worker: its versions, host and data checksums); by default this
+        process's, with ``checksums``.
+        """
+        rows = stop_at_divergence([r.as_dict() if hasattr(r, "as_dict") else dict(r) for r in history])
+        prov = dict(provenance_of_run) if provenance_of_run is not None else run_provenance(checksums)
+        prov.setdefault("finished", _now())
+        diverged_at = next((int(r["epoch"]) for r in rows if r.get("diverged")), None)
         doc = {
             "format": FORMAT, "experiment": experiment.name, "seed": int(seed), "config": config.meta(),
             "spec": spec_dict(spec), "key": spec_key(spec), "ensemble": [int(s) for s in ensemble],
-            "epochs_completed": len(rows), "diverged": bool(rows and rows[-1].get("diverged")),
+            "epochs_completed": len(rows), "diverged": diverged_at is not None, "diverged_epoch": diverged_at,
             "provenance": prov, "history": rows,
         }
         path = self.runs / run_name(config.id, seed)
@@ -206,19 +252,76 @@ class Store:
         return docs, problems
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_provenance(checksums=None) -> dict:
+    """This process's provenance (:func:`rbp.results.provenance`) with the host name and the time."""
+    prov = provenance(checksums)
+    prov["host"] = socket.gethostname()
+    prov["finished"] = _now()
+    return prov
+
+
+def stop_at_divergence(rows: list[dict]) -> list[dict]:
+    """The epochs up to and including the first one marked ``diverged``."""
+    for i, r in enumerate(rows):
+        if r.get("diverged"):
+            return rows[:i + 1]
+    return rows
+
+
+def _is_number(v) -> bool:
+    return v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool))
+
+
 def read_run(path) -> dict:
-    """Read and check one run file; ValueError if it is not a complete run."""
+    """Read and check one run file; ValueError if it is not a complete, well-formed run."""
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raw = Path(path).read_bytes()
+        doc = json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ValueError(f"unreadable ({type(e).__name__}: {e})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError(f"not an {FORMAT} file")
     for key in ("experiment", "seed", "config", "history", "spec"):
         if key not in doc:
             raise ValueError(f"missing {key!r}")
-    if not isinstance(doc["history"], list) or not doc["history"]:
+    if not isinstance(doc["experiment"], str) or isinstance(doc["seed"], bool) or not isinstance(doc["seed"], int):
+        raise ValueError("'experiment' must be a string and 'seed' an integer")
+    c = doc["config"]
+    if not isinstance(c, dict) or not isinstance(c.get("id"), str) or not c["id"]:
+        raise ValueError("'config' must be a table with a string 'id'")
+    if not isinstance(c.get("order", 0), int) or isinstance(c.get("order", 0), bool):
+        raise ValueError("'config.order' must be an integer")
+    for k in ("label", "row", "algorithm"):
+        if c.get(k) is not None and not isinstance(c[k], str):
+            raise ValueError(f"'config.{k}' must be a string")
+    for k in ("paper_mean", "paper_sd"):
+        if not _is_number(c.get(k)):
+            raise ValueError(f"'config.{k}' must be a number")
+    if not isinstance(doc["spec"], dict):
+        raise ValueError("'spec' must be a table")
+    if "epochs" in doc["spec"] and not (isinstance(doc["spec"]["epochs"], int)
+                                        and not isinstance(doc["spec"]["epochs"], bool)):
+        raise ValueError("'spec.epochs' must be an integer")
+    history = doc["history"]
+    if not isinstance(history, list) or not history:
         raise ValueError("empty history")
+    for r in history:
+        if not isinstance(r, dict):
+            raise ValueError("history rows must be tables")
+        if not isinstance(r.get("epoch"), int) or isinstance(r["epoch"], bool) or r["epoch"] < 1:
+            raise ValueError("history row without a positive integer 'epoch'")
+        for k in ("test_accuracy", "train_accuracy", "seconds"):
+            if k not in r or not _is_number(r[k]):
+                raise ValueError(f"history row without a numeric {k!r}")
+        if not all(_is_number(v) or isinstance(v, bool) for v in r.values()):
+            raise ValueError("history rows hold numbers only")
+        ens = r.get("ensemble", 1)
+        if isinstance(ens, bool) or not isinstance(ens, int) or ens < 1:
+            raise ValueError("'ensemble' must be a positive integer")
     return doc
 
 

@@ -18,6 +18,16 @@ signal g = dLoss/dS of shape (B, O, H', W').
 * the skipped route (SRBP, ASRBP): the output error E (B, N_L) is projected by a
   matrix D of shape (N_L, C*H*W) onto the site's *input* map, i.e. the (pooled)
   output map of the layer below.
+
+Ensembles (``ensemble=K``): K networks of the same shape side by side in the
+*channels*.  Maps have the layout (B, K*C, H, W), member k owning channels
+k*C .. (k+1)*C - 1; the kernel is (K, O, C, kh, kw) and every convolution is one
+grouped convolution with groups=K.  Pooling and elementwise functions work per
+channel, so they serve the members without knowing about them.
+:class:`EnsembleFold` turns the trainer's (K, B, C, H, W) input into that layout
+and :class:`EnsembleFlatten` turns a map into the (K, B, C*H*W) rows that
+ensemble linear layers take.  Tensors that the channel keeps per network (skip
+matrices, output errors) are (K, ...) as for linear sites.
 """
 
 from __future__ import annotations
@@ -65,35 +75,67 @@ def sample_kernel(spec: fb.FeedbackSpec, shape, *, generator=None, forward_sign=
 
 
 class ConvOps:
-    """The tensor algebra of a 2-D convolutional site (single network).
+    """The tensor algebra of a 2-D convolutional site, single network or ensemble.
 
-    Needs ``weight``, ``bias``, ``stride``, ``padding``, ``dilation`` and
-    ``channel`` on the instance.
+    Needs ``weight``, ``bias``, ``stride``, ``padding``, ``dilation``,
+    ``ensemble`` (None or K) and ``channel`` on the instance.
     """
 
     ensemble = None
 
+    # ------------------------------------------------------------ ensemble layout helpers
+    def _flat(self, t):
+        """(K, O, ...) per-member tensor -> (K*O, ...) for a grouped convolution."""
+        return t.flatten(0, 1) if self.ensemble and t is not None else t
+
+    def to_members(self, t):
+        """A map (B, K*C, H, W) -> (K, B, C, H, W) (a view); unchanged for a single network."""
+        if not self.ensemble:
+            return t
+        B, KC = t.shape[:2]
+        return t.view(B, self.ensemble, KC // self.ensemble, *t.shape[2:]).transpose(0, 1)
+
+    def from_members(self, t):
+        """(K, B, C, H, W) -> the map (B, K*C, H, W); unchanged for a single network."""
+        if not self.ensemble:
+            return t
+        K, B, C = t.shape[:3]
+        return t.transpose(0, 1).reshape(B, K * C, *t.shape[3:])
+
+    def member_shape(self, x) -> tuple:
+        """Shape of one network's share of a map of x's shape (what it would be alone)."""
+        if not self.ensemble:
+            return tuple(x.shape)
+        return (x.shape[0], x.shape[1] // self.ensemble, *x.shape[2:])
+
+    fold_members = from_members     # a per-member noise mask (K, B, C, H, W) -> the map's layout
+
+    # ------------------------------------------------------------ the site algebra
     def affine(self, x, weight, bias):
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
+        return F.conv2d(x, self._flat(weight), self._flat(bias), self.stride, self.padding, self.dilation,
+                        self.ensemble or 1)
 
     def output_shape(self, x) -> tuple:
         """Shape of the convolution's output for an input of x's shape."""
         hw = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
               zip(x.shape[-2:], self.padding, self.dilation, self.weight.shape[-2:], self.stride)]
-        return (x.shape[0], self.weight.shape[0], *hw)
+        return (x.shape[0], self.weight.shape[-4] * (self.ensemble or 1), *hw)
 
     def rows(self, g) -> int:
-        """Examples in the batch."""
+        """Examples in the batch (per network)."""
         return g.shape[0]
 
     def grad_weight(self, g, x):
-        return conv2d_weight(x, self.weight.shape, g, self.stride, self.padding, self.dilation)
+        shape = self._flat(self.weight).shape
+        return conv2d_weight(x, shape, g, self.stride, self.padding, self.dilation,
+                             self.ensemble or 1).view(self.weight.shape)
 
     def grad_bias(self, g):
-        return g.sum((0, 2, 3))
+        gb = g.sum((0, 2, 3))
+        return gb.view(self.ensemble, -1) if self.ensemble else gb
 
     def sample_feedback(self, spec, shape, *, chained, generator, forward_sign, dtype, device):
-        """Random kernels for chained routes; 2-D skip matrices as for linear sites."""
+        """Random kernels for chained routes; 2-D skip matrices as for linear sites (one network's)."""
         if chained and len(shape) == 4:
             return sample_kernel(spec, shape, generator=generator, forward_sign=forward_sign,
                                  dtype=dtype, device=device)
@@ -101,20 +143,30 @@ class ConvOps:
                          dtype=dtype, device=device)
 
     def grad_input(self, g, matrix, x):
-        if g.dim() != 4:   # the product route (SBP) hands down the signal of a Flatten'ed map
-            g = g.reshape(self.output_shape(x))
-        return conv2d_input(x.shape, matrix, g, self.stride, self.padding, self.dilation)
+        out = self.output_shape(x)
+        if tuple(g.shape) != out:   # the product route (SBP) handing down a flattened signal
+            if self.ensemble:       # (K, B, O*H'*W') rows of the ensemble linear layer above
+                g = self.from_members(g.reshape(self.ensemble, out[0], -1, *out[2:]))
+            else:
+                g = g.reshape(out)
+        return conv2d_input(x.shape, self._flat(matrix), g, self.stride, self.padding, self.dilation,
+                            self.ensemble or 1)
 
     def skip(self, error, matrix, x):
-        if matrix.shape[-1] != x[0].numel():
+        per_member = x[0].numel() // (self.ensemble or 1)
+        if matrix.shape[-1] != per_member:
             raise ConfigError(f"the skip matrix of a conv layer was sized for an input map of {matrix.shape[-1]} "
-                              f"units but the map has shape {tuple(x.shape[1:])}; convert with an example_input "
-                              "of the size you train on")
-        return (error @ matrix).reshape(x.shape)
+                              f"units but the map has shape {self.member_shape(x)[1:]}; convert with an "
+                              "example_input of the size you train on")
+        J = error @ matrix           # (B, C*H*W), or (K, B, C*H*W) for an ensemble
+        if not self.ensemble:
+            return J.reshape(x.shape)
+        return self.from_members(J.reshape(self.ensemble, *self.member_shape(x)))
 
     def grad_skip(self, error, x):
         """dLoss/dD for ASRBP: E^L (O^h)^T, O^h the flattened input map, in D's orientation."""
-        return error.transpose(-1, -2) @ x.reshape(x.shape[0], -1)
+        xm = self.to_members(x)
+        return error.transpose(-1, -2) @ xm.reshape(*xm.shape[:-3], -1)
 
     def per_example_update(self, g, x, alpha, bits, scale):
         """(1/scale) sum_n Q(scale * dW_n): each example's kernel update quantized (Eq. 19) before the sum.
@@ -122,18 +174,25 @@ class ConvOps:
         dW_n = sum over output positions p of g_n[:, p] (x_n's patch at p)^T: a kernel
         weight is one synapse shared by all positions, so an example's update of it
         is the sum over positions, and that sum is what is quantized.  Formed from
-        ``F.unfold`` patches, in chunks of examples.
+        ``F.unfold`` patches, in chunks of examples; for an ensemble the patches of
+        the K members are split off the unfolded channels (member-major, as unfold
+        orders them) and each member's update is its own matmul in the batch.
         """
-        B, O = g.shape[0], g.shape[1]
-        k = self.weight.shape[2:]
-        g3 = g.reshape(B, O, -1) * scale
-        patch = x.shape[1] * math.prod(k)
-        gW = g.new_zeros(O, patch)
-        step = max(1, _CHUNK_ELEMENTS // max(1, patch * max(O, g3.shape[-1])))
+        K = self.ensemble or 1
+        B = g.shape[0]
+        O = self.weight.shape[-4]
+        k = self.weight.shape[-2:]
+        g4 = g.reshape(B, K, O, -1) * scale                       # (B, K, O, P)
+        patch = (x.shape[1] // K) * math.prod(k)
+        gW = g.new_zeros(K, O, patch)
+        step = max(1, _CHUNK_ELEMENTS // max(1, K * patch * max(O, g4.shape[-1])))
         for i in range(0, B, step):
-            cols = F.unfold(x[i:i + step], k, self.dilation, self.padding, self.stride)   # (n, C*kh*kw, P)
-            gW += quantize(torch.bmm(g3[i:i + step], cols.transpose(1, 2)), alpha, bits).sum(0)
-        gb = quantize(g3.sum(-1), alpha, bits).sum(0).div_(scale) if self.bias is not None else None
+            cols = F.unfold(x[i:i + step], k, self.dilation, self.padding, self.stride)   # (n, K*C*kh*kw, P)
+            cols = cols.view(cols.shape[0], K, patch, -1)
+            gW += quantize(torch.matmul(g4[i:i + step], cols.transpose(-1, -2)), alpha, bits).sum(0)
+        gb = None
+        if self.bias is not None:
+            gb = quantize(g4.sum(-1), alpha, bits).sum(0).div_(scale).view(self.bias.shape)
         return gW.view(self.weight.shape).div_(scale), gb
 
     def per_synapse_update(self, error, g, x, P):  # pragma: no cover - refused by convert()
@@ -143,32 +202,43 @@ class ConvOps:
 class FeedbackConv2d(ConvOps, nn.Module):
     """An ``nn.Conv2d`` (groups=1, zero padding) trained by the learning channel.
 
-    Attributes: ``weight`` (O, C, kh, kw); ``bias``; ``feedback``: a kernel of
-    ``weight``'s shape for chained routes, a matrix (N_L, C*H*W) for the skipped
-    route (H, W the size of this layer's input map), or ``None`` (first layer,
-    symmetric feedback, top-layer-only).
+    Attributes: ``weight`` (O, C, kh, kw), or (K, O, C, kh, kw) with
+    ``ensemble=K``; ``bias``; ``feedback``: a kernel of ``weight``'s shape for
+    chained routes, a matrix ([K,] N_L, C*H*W) for the skipped route (C, H, W one
+    network's input map), or ``None`` (first layer, symmetric feedback,
+    top-layer-only).  An ensemble site takes and gives maps (B, K*C, H, W).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
-                 device=None, dtype=None):
+                 ensemble=None, device=None, dtype=None):
         super().__init__()
         pair = nn.modules.utils._pair
-        self.in_channels, self.out_channels = in_channels, out_channels
+        self.in_channels, self.out_channels, self.ensemble = in_channels, out_channels, ensemble
         self.kernel_size, self.stride = pair(kernel_size), pair(stride)
         self.padding, self.dilation = pair(padding), pair(dilation)
         kw = dict(device=device, dtype=dtype)
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, **kw))
-        self.bias = nn.Parameter(torch.zeros(out_channels, **kw)) if bias else None
+        lead = (ensemble,) if ensemble else ()
+        self.weight = nn.Parameter(torch.empty(*lead, out_channels, in_channels, *self.kernel_size, **kw))
+        self.bias = nn.Parameter(torch.zeros(*lead, out_channels, **kw)) if bias else None
         self.register_buffer("feedback", None)
         self.channel = None
-        self.input_shape = None   # (C, H, W) of the input map, when known (needed by the skipped route)
+        self.input_shape = None   # one network's (C, H, W) input map, when known (needed by the skipped route)
 
     algorithm = FeedbackLinear.algorithm
     set_feedback = FeedbackLinear.set_feedback
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> "FeedbackConv2d":
-        """A site sharing ``conv``'s weight and bias Parameters (refuses what it cannot serve)."""
+    def from_conv(cls, conv) -> "FeedbackConv2d":
+        """A site sharing the weight and bias Parameters of an ``nn.Conv2d`` or a :class:`StackedConv2d`.
+
+        Refuses what it cannot serve.
+        """
+        if isinstance(conv, StackedConv2d):
+            site = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                       conv.dilation, bias=conv.bias is not None, ensemble=conv.ensemble,
+                       device=conv.weight.device, dtype=conv.weight.dtype)
+            site.weight, site.bias = conv.weight, conv.bias
+            return site
         if conv.groups != 1:
             raise UnsupportedModelError(f"Conv2d with groups={conv.groups}: only groups=1 is supported")
         if conv.padding_mode != "zeros":
@@ -192,6 +262,74 @@ class FeedbackConv2d(ConvOps, nn.Module):
     forward = FeedbackLinear.forward   # the same site forward: affine map, learning channel backward
 
     def extra_repr(self):
+        ens = f", ensemble={self.ensemble}" if self.ensemble else ""
         alg = f", algorithm={self.channel.algorithm.describe()}" if self.channel is not None else ""
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}{alg}")
+                f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}{ens}{alg}")
+
+
+class StackedConv2d(ConvOps, nn.Module):
+    """K independent ``Conv2d`` layers as one grouped convolution (plain autograd; what
+    :func:`rbp.models.cifar_convnet` builds for ensembles before conversion).
+
+    ``weight`` (K, O, C, kh, kw); input (B, K*C, H, W), output (B, K*O, H', W').
+    """
+
+    def __init__(self, ensemble, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 bias=True, device=None, dtype=None):
+        super().__init__()
+        if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
+            raise ConfigError(f"ensemble size must be a positive integer, got {ensemble!r}")
+        pair = nn.modules.utils._pair
+        self.ensemble, self.in_channels, self.out_channels = ensemble, in_channels, out_channels
+        self.kernel_size, self.stride = pair(kernel_size), pair(stride)
+        self.padding, self.dilation = pair(padding), pair(dilation)
+        kw = dict(device=device, dtype=dtype)
+        self.weight = nn.Parameter(torch.empty(ensemble, out_channels, in_channels, *self.kernel_size, **kw))
+        self.bias = nn.Parameter(torch.zeros(ensemble, out_channels, **kw)) if bias else None
+
+    def forward(self, x):
+        return self.affine(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return (f"ensemble={self.ensemble}, {self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}")
+
+
+class EnsembleFold(nn.Module):
+    """The ensemble's input (K, B, C, H, W) -> one map (B, K*C, H, W), member k in channels k*C ..
+
+    Its backward is the inverse permutation; nothing learns here.
+    """
+
+    def __init__(self, ensemble: int):
+        super().__init__()
+        self.ensemble = ensemble
+
+    def forward(self, x):
+        if x.dim() != 5 or x.shape[0] != self.ensemble:
+            raise ConfigError(f"an ensemble of {self.ensemble} conv networks takes inputs of shape "
+                              f"({self.ensemble}, batch, C, H, W), got {tuple(x.shape)}")
+        K, B, C = x.shape[:3]
+        return x.transpose(0, 1).reshape(B, K * C, *x.shape[3:])
+
+    def extra_repr(self):
+        return f"ensemble={self.ensemble}"
+
+
+class EnsembleFlatten(nn.Module):
+    """An ensemble's map (B, K*C, H, W) -> rows (K, B, C*H*W) for the ensemble linear layers above.
+
+    Member k's rows are exactly what ``nn.Flatten`` gives that network alone.
+    """
+
+    def __init__(self, ensemble: int):
+        super().__init__()
+        self.ensemble = ensemble
+
+    def forward(self, x):
+        B = x.shape[0]
+        return x.reshape(B, self.ensemble, -1).transpose(0, 1)
+
+    def extra_repr(self):
+        return f"ensemble={self.ensemble}"

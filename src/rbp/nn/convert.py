@@ -16,7 +16,7 @@ from ..channel.backward import Pass
 from ..channel.noise import Noise, generator
 from ..errors import ConfigError, UnsupportedModelError
 from .activations import ELEMENTWISE, NoDerivative, activation_of
-from .conv import FeedbackConv2d
+from .conv import EnsembleFlatten, EnsembleFold, FeedbackConv2d, StackedConv2d
 from .layers import FeedbackLinear, StackedLinear
 
 # Modules between weight layers whose backward is the ordinary one (autograd's): they route,
@@ -24,9 +24,11 @@ from .layers import FeedbackLinear, StackedLinear
 # affine parameters learn from that signal by autograd's rule.
 STRUCTURAL = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Softmax, nn.LogSoftmax,
               nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-              nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.BatchNorm1d, nn.BatchNorm2d)
+              nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.BatchNorm1d, nn.BatchNorm2d,
+              EnsembleFold, EnsembleFlatten)
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 SITES = (FeedbackLinear, FeedbackConv2d)
+CONVS = (nn.Conv2d, StackedConv2d)        # what becomes a FeedbackConv2d (StackedConv2d: a conv ensemble)
 
 
 class LearningChannel:
@@ -41,6 +43,10 @@ class LearningChannel:
 
     def begin_pass(self, *_):
         self._pass = Pass()
+
+    def record_structure(self, module, inputs, output):
+        if torch.is_grad_enabled():
+            self.current_pass().record(module, inputs[0])
 
     def current_pass(self) -> Pass:
         if self._pass is None:
@@ -74,7 +80,7 @@ def _weight_layers(model: nn.Module):
                 bad.append(f"{name or 'model'} (Conv2d with {what})")
             else:
                 found.append((name, mod))
-        elif isinstance(mod, (nn.Linear, StackedLinear)):
+        elif isinstance(mod, (nn.Linear, StackedLinear, StackedConv2d)):
             found.append((name, mod))
         elif isinstance(mod, ELEMENTWISE + STRUCTURAL + CONTAINERS + (NoDerivative,)):
             continue
@@ -134,10 +140,13 @@ def _discover(model, layers, example_input):
     return [(n, by_name[n]) for n in seen] + [(n, m) for n, m in layers if n not in seen], shapes
 
 
-# Structural layers whose backward is not a reshape: the product route (SBP) cannot carry its
-# derivative-free signal through them (it passes between sites as a tensor of the receiving shape).
-MIXING = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-          nn.AdaptiveMaxPool2d, nn.BatchNorm1d, nn.BatchNorm2d)
+# Structural layers that the product route (SBP) passes by the transposed forward matrix they applied
+# on the pass (Pass.through_structure): pooling is a linear map once the forward pass has chosen each
+# max-pooling window's winner, reshapes are permutations.  BatchNorm is refused: in training mode it
+# is a nonlinear function of the whole batch, with no forward matrix to transpose (docs/conv.md).
+ROUTED = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+          nn.AdaptiveMaxPool2d, nn.Flatten, nn.Unflatten, EnsembleFlatten)
+MIXING = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def _check_product_route(alg: Algorithm, model: nn.Module):
@@ -146,23 +155,34 @@ def _check_product_route(alg: Algorithm, model: nn.Module):
     for name, mod in model.named_modules():
         if isinstance(mod, MIXING):
             raise ConfigError(f"{alg.name} is not supported with {type(mod).__name__} ({name}): its product "
-                              "route (SBP, twin network) skips the upper derivatives, and the signal cannot "
-                              "be carried through pooling or normalisation without them (use bp, rbp or srbp)")
+                              "route (SBP, twin network) skips the upper derivatives, and batch normalisation "
+                              "is a nonlinear function of the batch with no forward matrix to transpose "
+                              "(use bp, rbp or srbp)")
+
+
+def _route_structure(alg: Algorithm, model: nn.Module, channel):
+    """Product route: record each pooling / reshape module's input on the pass (see Pass.through_structure)."""
+    if alg.route != "product":
+        return
+    for mod in model.modules():
+        if isinstance(mod, ROUTED):
+            mod.register_forward_hook(channel.record_structure)
 
 
 def _declared_example(model, layers):
     """A zero input of the shape a conv model declares as ``model.input_shape`` (e.g. rbp.models.cifar_convnet)."""
     shape = getattr(model, "input_shape", None)
-    if not any(isinstance(m, nn.Conv2d) for _, m in layers) or not isinstance(shape, tuple) or len(shape) != 3 \
+    if not any(isinstance(m, CONVS) for _, m in layers) or not isinstance(shape, tuple) or len(shape) != 3 \
             or not all(isinstance(d, int) and d > 0 for d in shape):
         return None
     w = layers[0][1].weight
-    return torch.zeros(1, *shape, dtype=w.dtype, device=w.device)
+    K = getattr(layers[0][1], "ensemble", None)
+    return torch.zeros(*((K,) if K else ()), 1, *shape, dtype=w.dtype, device=w.device)
 
 
 def _check_conv_options(alg: Algorithm, layers, shapes):
     """Refuse what the learning channel does not define for conv layers (one line each)."""
-    convs = [i for i, (_, m) in enumerate(layers) if isinstance(m, nn.Conv2d)]
+    convs = [i for i, (_, m) in enumerate(layers) if isinstance(m, CONVS)]
     if not convs:
         return
     name = lambda i: f"layer {i + 1} ({layers[i][0] or 'model'}, Conv2d)"
@@ -242,15 +262,16 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     ensemble = ensembles.pop()
     seeds = _seed_list(seed, ensemble)
     top = layers[-1][1]
-    top_size = top.out_features if not isinstance(top, nn.Conv2d) else top.out_channels
+    top_size = top.out_features if not isinstance(top, CONVS) else top.out_channels
     if output_size is not None and output_size != top_size:
         raise ConfigError(f"output_size={output_size} but the top layer has {top_size} outputs")
 
     sites = []
     for name, layer in layers:
-        if isinstance(layer, nn.Conv2d):
+        if isinstance(layer, CONVS):
             site = FeedbackConv2d.from_conv(layer)
-            site.input_shape = shapes.get(name)
+            shape = shapes.get(name)          # an ensemble's map holds K networks' channels: keep one's
+            site.input_shape = None if shape is None else (shape[0] // (ensemble or 1), *shape[1:])
         else:
             site = FeedbackLinear(layer.in_features, layer.out_features, bias=layer.bias is not None,
                                   ensemble=ensemble, device=layer.weight.device, dtype=layer.weight.dtype)
@@ -273,6 +294,7 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
                 site.weight.mul_(alg.init_scale)
     _init_feedback(sites, alg, seeds, ensemble)
     model.register_forward_pre_hook(channel.begin_pass)
+    _route_structure(alg, model, channel)
     model.rbp_channel = channel
     return model
 
@@ -337,7 +359,7 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble):
             continue  # the first layer's input is the data: no learning channel below it
         conv_kernel = chained and isinstance(site, FeedbackConv2d)
         if conv_kernel:
-            shape = tuple(site.weight.shape)
+            shape = tuple(site.weight.shape[1:] if ensemble else site.weight.shape)
             fan_out, what = math.prod(shape[1:]), "kernel (in_channels*kh*kw)"
         else:
             shape = (site.out_features, site.in_features) if chained else (widths[min(L - i, m)], _skip_width(site))
