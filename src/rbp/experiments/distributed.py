@@ -4,8 +4,9 @@ Needs the optional dependency ``dask[distributed]`` (``pip install 'rbp[distribu
 
 The unit of work is what the local runner trains in one go: the missing seeds
 of one configuration, as one batched ensemble (or, with ``seeds_per_task``,
-slices of that many seeds; a convolutional network always trains one seed per
-task).  A task carries the experiment's TOML text, not Python objects, and the
+slices of that many seeds).  The worker splits a task into ensembles as the
+local runner does (:func:`rbp.experiments.runner.train_seeds`): as many
+networks as fit in memory, and convolutional networks one at a time on CPU.  A task carries the experiment's TOML text, not Python objects, and the
 worker parses and validates it again, so a worker with another rbp version
 refuses what it cannot run instead of running something else.
 
@@ -103,7 +104,7 @@ def tasks_of(todo, seeds_per_task=None):
     for config, spec, missing in todo:
         if not missing:
             continue
-        size = 1 if spec.model != "mlp" else (seeds_per_task or len(missing))
+        size = seeds_per_task or len(missing)   # the worker splits a task into ensembles that fit (runner.train_seeds)
         for i in range(0, len(missing), size):
             out.append((config, spec, list(missing[i:i + size])))
     return out
