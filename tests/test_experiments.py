@@ -182,7 +182,17 @@ BAD = [
     ('description = "d"\ndataset = "digits"\n[[config]]\nid = "a"\nalgorithm = "bp"\n', ["name is required"]),
     ('name = "x"\ndescription = "d"\ndataset = "digits"\n', ["config", "[[config]]"]),
     ('name = "x"\ndescription = [1\n', ["not valid TOML"]),
+    ('name = "x"\ndescription = "d"\ndataset = "digits"\n[[config]]\nid = "a"\nalgorithm = "rbp"\n'
+     'feedback_scale = 0\n', ["feedback_scale", "(0, inf)"]),
 ]
+
+
+def test_scales_of_the_two_channels_are_config_keys():
+    text = ('name = "x"\ndescription = "d"\ndataset = "digits"\n[[config]]\nid = "a"\nalgorithm = "rbp"\n'
+            'feedback_scale = 0.88\ninit_scale = 0.5\n')
+    exp = parse(text, "scales.toml")
+    alg = exp.spec(exp.config("a")).algorithm
+    assert (alg.feedback_scale, alg.init_scale) == (0.88, 0.5)
 
 
 @pytest.mark.parametrize("text,words", BAD)
