@@ -56,3 +56,52 @@ def test_distinct_backward_network_counts_its_relay_layer():
         pytest.skip("distinct has no backward hidden layer here")
     (b,) = alg.backward_hidden
     assert cost(MNIST, alg)["channel"] == 10 * b + b * 400
+
+
+# ------------------------------------------------------------------ against what the engine computes
+
+ENGINE = [("bp", {}), ("sbp", {}), ("rbp", {}), ("arbp", {}), ("srbp", {}), ("asrbp", {}), ("top", {}),
+          ("twin", {}), ("atwin", {}), ("distinct", {"backward_hidden": (6,)}),
+          ("distinct", {"backward_hidden": (6, 5)}), ("distinct", {"backward_hidden": (3, 6, 2)}),
+          ("adistinct", {"backward_hidden": (5, 3)}), ("ndistinct", {"backward_hidden": (2, 7, 4, 3)})]
+
+
+@pytest.mark.parametrize("name,opts", ENGINE)
+def test_count_equals_the_multiplications_the_engine_performs(name, opts):
+    """One example through the autograd driver: every matrix product of its backward pass is the
+    channel, the adaptation of feedback matrices or a forward weight update; nothing else multiplies."""
+    from torch.utils.flop_counter import FlopCounterMode
+    import torch
+    import torch.nn.functional as F
+
+    sizes = [9, 8, 7, 6, 5, 4]                 # four hidden layers, all of different widths
+    alg = rbp.algorithm(name, **opts)
+    model = rbp.convert(rbp.mlp(sizes, "tanh", seed=0).double(), alg, seed=1)
+    x = torch.randn(1, sizes[0], dtype=torch.float64)
+    loss = F.cross_entropy(model(x), torch.tensor([2]))
+    with FlopCounterMode(display=False) as counter:
+        loss.backward()
+    multiplications = counter.get_total_flops() // 2      # a matrix product's flops = 2 x its multiplications
+    c = cost(sizes, alg)
+    adaptation = c["adaptation"]
+    if alg.route == "chain" and alg.adaptive:
+        # ARBP's dC is the forward update's own outer product R^{h+1} (O^h)^T, scaled entry by entry
+        # (one multiplication per synapse of C, not a matrix product): the engine reuses it
+        assert adaptation == sum(n * m for n, m in zip(sizes[1:-1], sizes[2:]))
+        adaptation = 0
+    assert multiplications == c["channel"] + adaptation + c["update"], c
+
+
+def test_deeper_distinct_network_hand_count():
+    """784-100-100-100-100-10 with a distinct network 10 -> 50 -> 30: the top hidden layer reads the
+    50-unit layer, the three below it the 30-unit layer."""
+    alg = rbp.algorithm("adistinct", backward_hidden=(50, 30))
+    c = cost(MNIST, alg)
+    projections = 50 * 100 + 30 * 100 * 3
+    assert c["channel"] == 10 * 50 + 50 * 30 + projections == 16_000
+    assert c["adaptation"] == projections
+
+
+def test_distinct_network_deeper_than_the_forward_one_is_refused():
+    with pytest.raises(rbp.ConfigError, match="at most 2 layers deep"):
+        cost([20, 10, 10, 3], rbp.algorithm("distinct", backward_hidden=(4, 4, 4)))

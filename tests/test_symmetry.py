@@ -188,6 +188,35 @@ def test_adaptive_twin_learns_by_the_forward_rule():
         torch.testing.assert_close(got[f"{2 * h}.feedback"], want, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("rate", [1.0, 0.3])
+def test_adaptive_twin_training_steps_move_the_twin_weights_as_the_rule_says(rate):
+    """The training path (fused driver + the paper's SGD), checked step by step by hand: C^{h+1} moves by
+    +lr * rate * T^{h+1} (O^h)^T / B, the forward rule's direction without f'; at the top (no f' there
+    either) the twin matrix therefore moves exactly as rate x the forward one, step after step."""
+    from rbp.optim import KerasSGD
+    m = net(DEEP, "atwin", adapt_rate=rate)
+    ss = sites(m)
+    opt, lr = KerasSGD(m.parameters(), lr=0.2), 0.2
+    W0, C0 = ss[3].weight.detach().clone(), ss[3].feedback.detach().clone()
+    fused = FusedNetwork(m)
+    for step in range(4):
+        x, y = batch(seed=step)
+        S, O = forward(m, x)
+        C = [None] + [s.feedback.detach().clone() for s in ss[1:]]
+        T = [None, None, None, output_error(S[3], y)]
+        for h in (2, 1):
+            T[h] = T[h + 1] @ C[h + 1]
+        for p in m.parameters():
+            p.grad = None
+        fused.step_gradients(x, y)
+        opt.step()
+        for h in (1, 2, 3):
+            want = C[h] + lr * rate * (T[h].T @ O[h]) / x.shape[0]
+            torch.testing.assert_close(ss[h].feedback.detach(), want, atol=1e-12, rtol=0)
+    torch.testing.assert_close(ss[3].feedback.detach() - C0, rate * (ss[3].weight.detach() - W0),
+                               atol=1e-12, rtol=0)
+
+
 def test_adaptive_distinct_projections_learn_and_its_own_layers_stay_fixed():
     x, y = batch()
     m = net(DEEP, "adistinct", backward_hidden=(5,), adapt_rate=0.5)
@@ -334,3 +363,60 @@ def test_training_records_symmetry_and_settling(one_thread):
     _, h = train_group(spec, [0])
     a = h[0][-1].alignment
     assert {"feedback_angle_2", "feedback_norm_ratio_1", "weight_change_3", "feedback_change_2"} <= set(a)
+
+
+# ---------------------------------------------------------------- the report draws the settling columns
+
+_SETTLE_EXP = """
+name = "settle"
+description = "a synthetic store with settling columns"
+dataset = "digits"
+
+[protocol]
+epochs = 3
+hidden = [8, 8]
+
+[[config]]
+id = "atwin"
+algorithm = "atwin"
+
+[[config]]
+id = "bp"
+algorithm = "bp"
+"""
+
+
+def _settle_store(path, with_settling):
+    from rbp.experiments import Store, parse
+    exp = parse(_SETTLE_EXP, "settle.toml")
+    st = Store(path)
+    st.bind(exp)
+    for cid in ("atwin", "bp"):
+        c = exp.config(cid)
+        for seed in (0, 1):
+            rows = []
+            for e in (1, 2, 3):
+                row = {"seed": seed, "epoch": e, "train_loss": 1.0 / e, "train_accuracy": 0.3 * e,
+                       "test_loss": 1.0 / e, "test_accuracy": 0.3 * e, "seconds": 0.1, "ensemble": 1,
+                       "diverged": False}
+                if with_settling:
+                    row.update({f"weight_change_{i}": 0.5 / (e * i) for i in (1, 2, 3)})
+                    row["weight_change_3"] = math.nan if cid == "bp" and e == 3 else 0.1   # a diverged epoch
+                    if cid == "atwin":
+                        row.update({f"feedback_change_{h}": 0.2 / e for h in (1, 2)})
+                rows.append(row)
+            st.write(exp, c, seed, exp.spec(c), rows, ensemble=[0, 1], checksums={})
+    return st
+
+
+def test_report_draws_the_settling_of_both_channels(tmp_path):
+    from rbp.report import write_report
+    _settle_store(tmp_path / "with", True)
+    out = write_report(tmp_path / "with")
+    settle = [f for f in out["figures"] if f.endswith("-settling.png")]
+    assert len(settle) == 1 and (tmp_path / "with" / "figures" / settle[0].rsplit("/", 1)[1]).stat().st_size > 10_000
+    assert "-settling.png)" in (tmp_path / "with" / "report.md").read_text()
+    _settle_store(tmp_path / "without", False)
+    out = write_report(tmp_path / "without")
+    assert not [f for f in out["figures"] if f.endswith("-settling.png")]
+    assert "-settling.png" not in (tmp_path / "without" / "report.md").read_text()

@@ -23,7 +23,13 @@ else: the output layer's signal is the error E^L itself, and the input layer
   (exactly Eq. 15).
 * top layer only: 0.
 * a distinct backward network (paper 2's ``distinct`` family, ``backward_hidden``
-  = (b_1, ..., b_m)): N_L b_1 + sum_i b_i b_{i+1} + b_m sum_{k=1}^{L-1} N_k.
+  = (b_1, ..., b_m), b_0 = N_L): its own layers D^k = g(V^k D^{k-1}) cost
+  sum_{k=1}^{m} b_{k-1} b_k, and forward hidden layer h reads layer
+  k(h) = min(L - h, m) of it through a projection C^h of b_{k(h)} x N_h weights
+  (the engine's wiring, ``rbp.channel.backward.distinct_source``): the top
+  hidden layer reads D^1, the one below D^2, and every layer further down D^m.
+  So ``channel = sum_k b_{k-1} b_k + sum_{h=1}^{L-1} b_{k(h)} N_h``; only the
+  projections C^h adapt (``adaptation``), the V^k are fixed.
 
 Reported beside it, so that the whole cost of learning is visible:
 ``derivative`` (sum_{h=1}^{L-1} N_h multiplications by f'(S^h); 0 for the
@@ -70,9 +76,15 @@ def cost(sizes: Sequence[int] = MNIST_SIZES, algorithm: str | Algorithm = "bp", 
         channel = chain
         adapted = chain
     elif alg.route == "skip" and relay:
-        # a distinct backward network (paper 2): E^L -> b_1 -> ... -> b_m, then b_m -> each hidden layer
-        relay_cost = sum(a * b for a, b in zip((N[L], *relay[:-1]), relay))
-        adapted = relay[-1] * sum(hidden)
+        # a distinct backward network (paper 2): E^L = D^0 -> D^1 -> ... -> D^m, and hidden layer h
+        # reads D^{min(L-h, m)} (as rbp.convert wires it: a network deeper than L - 1 is refused)
+        m = len(relay)
+        if m > L - 1:
+            raise ConfigError(f"backward_hidden has {m} layers but the network has {L - 1} hidden layers to "
+                              f"receive from them; a distinct network may be at most {L - 1} layers deep")
+        widths = (N[L], *relay)
+        relay_cost = sum(widths[k - 1] * widths[k] for k in range(1, m + 1))
+        adapted = sum(widths[min(L - h, m)] * N[h] for h in range(1, L))
         channel = relay_cost + adapted
     elif alg.route == "skip":
         channel = adapted = skip
