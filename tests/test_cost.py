@@ -105,3 +105,14 @@ def test_deeper_distinct_network_hand_count():
 def test_distinct_network_deeper_than_the_forward_one_is_refused():
     with pytest.raises(rbp.ConfigError, match="at most 2 layers deep"):
         cost([20, 10, 10, 3], rbp.algorithm("distinct", backward_hidden=(4, 4, 4)))
+
+
+def test_cost_command_takes_a_distinct_backward_network(capsys):
+    import json
+
+    from rbp.cli import main
+    assert main(["cost", "-a", "distinct", "--backward-hidden", "50,30", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["algorithms"][0]
+    assert row["channel"] == 16_000   # the hand count of test_deeper_distinct_network_hand_count above
+    assert main(["cost", "--backward-hidden", "5"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

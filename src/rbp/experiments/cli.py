@@ -47,6 +47,8 @@ def register(sub):
     c.add_argument("--algorithm", "-a", default=None,
                    help="one algorithm of `rbp algorithms` (default: paper 1's bp sbp rbp srbp arbp asrbp top)")
     c.add_argument("--no-derivative", action="store_true", help="the \"no f'\" variant")
+    c.add_argument("--backward-hidden", default=None, metavar="B1,...,Bm",
+                   help="hidden sizes of a distinct backward network (paper 2; with --algorithm distinct/adistinct)")
     c.add_argument("--json", action="store_true", help="print the counts as one JSON object")
     c.set_defaults(func=_cmd_cost)
 
@@ -123,6 +125,14 @@ def _cmd_cost(args) -> int:
         raise ConfigError(f"--sizes expects comma-separated integers, got {args.sizes!r}") from None
     names = [args.algorithm] if args.algorithm else list(PAPER1)
     opts = {"derivative": False} if args.no_derivative else {}
+    if args.backward_hidden is not None:
+        if not args.algorithm:
+            raise ConfigError("--backward-hidden needs --algorithm (a distinct network: distinct or adistinct)")
+        try:
+            opts["backward_hidden"] = tuple(int(t) for t in args.backward_hidden.split(",") if t.strip())
+        except ValueError:
+            raise ConfigError(f"--backward-hidden expects comma-separated integers, got {args.backward_hidden!r}") \
+                from None
     from ..channel.algorithm import algorithm
     rows = [cost(sizes, algorithm(n, **(opts if n != "top" else {}))) for n in names]
     if args.json:
