@@ -13,6 +13,7 @@ float rounding, as the network trained alone with seed k.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from . import augment as augmentation
 from . import data as datasets
-from .channel.algorithm import Algorithm, algorithm as make_algorithm
+from .channel.algorithm import Algorithm, algorithm as make_algorithm, training_signature
 from .channel.noise import generator
 from .errors import ConfigError
 from .diagnostics import Settling, alignment, model_alignment
@@ -91,6 +92,14 @@ class TrainSpec:
         return self
 
 
+def mixable(a: TrainSpec, b: TrainSpec) -> bool:
+    """True when ``a`` and ``b`` run the same training step and differ at most in the initial state
+    of their algorithm (feedback distribution and scale, initial weight scale), so that their
+    networks can train as one mixed ensemble."""
+    return (dataclasses.replace(a, algorithm=training_signature(a.algorithm))
+            == dataclasses.replace(b, algorithm=training_signature(b.algorithm)))
+
+
 def check_device(device: str):
     try:
         dev = torch.device(device)
@@ -122,8 +131,10 @@ class EpochRecord:
 
 
 def build(spec: TrainSpec, seeds: Sequence[int], input_dim: int, num_classes: int,
-          input_shape: tuple | None = None) -> nn.Module:
+          input_shape: tuple | None = None, member_algorithms: Sequence | None = None) -> nn.Module:
     """The converted network for ``seeds`` (an ensemble when more than one).
+
+    ``member_algorithms`` (one per seed) makes a mixed ensemble (:func:`rbp.convert`).
 
     Convolutional models (``spec.model`` in CONV_MODELS) need the image shape
     ``input_shape`` = (C, H, W); several seeds make one ensemble whose
@@ -138,12 +149,14 @@ def build(spec: TrainSpec, seeds: Sequence[int], input_dim: int, num_classes: in
                                         ensemble=ensemble)
         lead = (len(seeds),) if ensemble else ()
         model = convert(model, spec.algorithm, seed=seeds if ensemble else seeds[0], inplace=True,
-                        example_input=torch.zeros(*lead, 1, *input_shape))
+                        example_input=torch.zeros(*lead, 1, *input_shape),
+                        member_algorithms=member_algorithms if ensemble else None)
     else:
         sizes = [input_dim, *spec.hidden, num_classes]
         ensemble = seeds if len(seeds) > 1 else None
         model = mlp(sizes, spec.activation, seed=seeds[0], ensemble=ensemble)
-        model = convert(model, spec.algorithm, seed=seeds if ensemble else seeds[0], inplace=True)
+        model = convert(model, spec.algorithm, seed=seeds if ensemble else seeds[0], inplace=True,
+                        member_algorithms=member_algorithms if ensemble else None)
     weights = [m for m in model.modules() if hasattr(m, "weight") and hasattr(m, "channel")]
     for h in spec.frozen:
         for p in (weights[h - 1].weight, weights[h - 1].bias):
@@ -212,12 +225,31 @@ def evaluate(stepper, x, y, K, chunk=2000):
 
 
 class Trainer:
-    """The state of one training group (one network, or an ensemble of networks with the same spec)."""
+    """The state of one training group (one network, or an ensemble of networks with the same spec).
 
-    def __init__(self, spec: TrainSpec, seeds: Sequence[int], dataset=None, probe_size: int = 1000):
+    ``member_specs`` (one per seed) makes a mixed ensemble: specs that differ only
+    in the initial state of their algorithm (:func:`mixable`) train together,
+    member k initialised as ``member_specs[k]`` would be alone.
+    """
+
+    def __init__(self, spec: TrainSpec, seeds: Sequence[int], dataset=None, probe_size: int = 1000,
+                 member_specs: Sequence[TrainSpec] | None = None):
         spec.validate()
-        self.spec = spec
         self.seeds = [int(s) for s in seeds]
+        members = None
+        if member_specs is not None:
+            member_specs = list(member_specs)
+            if len(member_specs) != len(self.seeds):
+                raise ConfigError(f"{len(member_specs)} member specs for {len(self.seeds)} seeds")
+            for m in member_specs:
+                if not mixable(spec, m):
+                    raise ConfigError(f"{m.algorithm.describe()} cannot train in one ensemble with "
+                                      f"{spec.algorithm.describe()}: they differ in more than the initial state")
+            if len(self.seeds) == 1:
+                spec = member_specs[0]
+            else:
+                members = [m.algorithm for m in member_specs]
+        self.spec = spec
         raw = dataset or datasets.load(spec.dataset)
         self.image_shape = raw.input_shape          # before flattening (augmentation needs it)
         conv = spec.model in CONV_MODELS
@@ -229,7 +261,7 @@ class Trainer:
         self.x_train, self.y_train = ds.x_train.to(dev), ds.y_train.to(dev)
         self.x_test, self.y_test = ds.x_test.to(dev), ds.y_test.to(dev)
         self.K = len(self.seeds) if len(self.seeds) > 1 else None
-        self.model = build(spec, self.seeds, ds.input_dim, ds.num_classes, self.image_shape)
+        self.model = build(spec, self.seeds, ds.input_dim, ds.num_classes, self.image_shape, members)
         self.stepper = _Stepper(self.model, spec.driver)
         self.opt = KerasSGD([p for p in self.model.parameters() if p.requires_grad], lr=spec.lr,
                             decay=spec.decay, momentum=spec.momentum)
@@ -301,8 +333,11 @@ class Trainer:
 def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
                 on_step: Callable[[int], None] | None = None,
                 on_epoch: Callable[[list[EpochRecord]], None] | None = None,
-                probe_size: int = 1000):
+                probe_size: int = 1000, member_specs: Sequence[TrainSpec] | None = None):
     """Train one network per seed, all together; returns (model, list of histories per seed).
+
+    ``member_specs`` (one per seed) mixes configurations that differ only in their
+    initial state into one ensemble (:class:`Trainer`, :func:`mixable`).
 
     After every epoch the alignment figures of :mod:`rbp.diagnostics` are measured
     on a fixed probe batch (the first ``probe_size`` training examples, at most
@@ -312,7 +347,7 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
     A network whose loss becomes NaN or infinite is marked ``diverged``; the
     group stops when all have diverged.
     """
-    tr = Trainer(spec, seeds, dataset, probe_size)
+    tr = Trainer(spec, seeds, dataset, probe_size, member_specs)
     histories: list[list[EpochRecord]] = [[] for _ in tr.seeds]
     diverged = [False] * len(tr.seeds)
     settling = Settling(tr.model) if probe_size else None

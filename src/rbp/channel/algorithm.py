@@ -139,6 +139,22 @@ class Algorithm:
 
 
 # The named algorithms of paper 1 (Table 1 / Fig. 1-2).
+def training_signature(alg: Algorithm) -> Algorithm:
+    """``alg`` with the fields that only shape the initial state blanked out.
+
+    Two algorithms with equal signatures run the same training step on
+    different initial states (feedback distribution and scale, initial scale of
+    the forward weights), so their networks can share one *mixed* ensemble
+    (:func:`rbp.convert` with ``member_algorithms``).  Feedback that is redrawn
+    every minibatch or read per synapse acts during training: it is kept.
+    """
+    spec = alg.feedback
+    if spec.resampled or spec.per_synapse:
+        return dataclasses.replace(alg, name="", init_scale=1.0)
+    return dataclasses.replace(alg, name="", feedback=fb.FeedbackSpec("glorot-normal"), feedback_scale=1.0,
+                               init_scale=1.0)
+
+
 ALGORITHMS: dict[str, Algorithm] = {
     "bp": Algorithm("bp", "chain", symmetric=True),
     "sbp": Algorithm("sbp", "product", symmetric=True),

@@ -19,6 +19,9 @@ def register(sub):
     r.add_argument("--out", default=None, help="result store folder (default: results/EXPERIMENT)")
     r.add_argument("--device", default="cpu", help="cpu or cuda")
     r.add_argument("--data-dir", default=None, help="where the datasets are (else $RBP_DATA_DIR, the cache)")
+    r.add_argument("--no-ensemble", action="store_true",
+                   help="train every network alone (default: seeds, and configurations that differ only in "
+                        "their initial state, train as batched ensembles sized to memory)")
     r.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's choice; 1 is often faster on a busy machine)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-configuration lines")
@@ -73,7 +76,8 @@ def _cmd_run(args) -> int:
     out = args.out or f"results/{exp.name}"
     summary = run(exp, out, epochs=args.epochs, seeds=args.seeds, device=args.device, data_dir=args.data_dir,
                   progress=not args.quiet, threads=args.threads, executor=args.executor,
-                  scheduler=args.scheduler, workers=args.workers, seeds_per_task=args.seeds_per_task)
+                  scheduler=args.scheduler, workers=args.workers, seeds_per_task=args.seeds_per_task,
+                  ensemble=not args.no_ensemble)
     if args.report:
         summary["report"] = _report(out, None)["report"]
     for d in summary.get("diverged", []):

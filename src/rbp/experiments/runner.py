@@ -44,8 +44,14 @@ def plan(experiment: Experiment, store: Store, epochs=None, seeds=None, device="
 def run(experiment, out, epochs: int | None = None, seeds: int | None = None, device: str = "cpu",
         data_dir=None, progress: bool = True, log=None, threads: int | None = None,
         executor: str = "local", scheduler: str | None = None, workers: int | None = None,
-        seeds_per_task: int | None = None, retries: int = 2) -> dict:
+        seeds_per_task: int | None = None, retries: int = 2, ensemble: bool = True) -> dict:
     """Run (or resume) ``experiment`` into the store folder ``out``; returns a summary dict.
+
+    With ``ensemble`` (the default) the missing seeds of a configuration train
+    as batched ensembles as large as memory allows, and configurations that
+    differ only in their initial state share them (:func:`mixed_groups`);
+    ``ensemble=False`` trains every network alone (the numbers are the same up
+    to float rounding).
 
     ``epochs`` / ``seeds`` scale the paper's protocol down (defaults: the
     experiment's, 100 epochs and 5 seeds for paper 1).  ``log(line)`` receives
@@ -93,7 +99,7 @@ def run(experiment, out, epochs: int | None = None, seeds: int | None = None, de
     if executor == "dask":
         from .distributed import run_on_dask      # binds the store once the cluster answers
         return run_on_dask(exp, store, todo, summary, scheduler=scheduler, workers=workers,
-                           seeds_per_task=seeds_per_task, device=device, data_dir=data_dir, threads=threads,
+                           seeds_per_task=seeds_per_task if ensemble else 1, device=device, data_dir=data_dir, threads=threads,
                            retries=retries, progress=progress, log=log)
 
     t_start = time.perf_counter()
@@ -110,15 +116,13 @@ def run(experiment, out, epochs: int | None = None, seeds: int | None = None, de
     if log is None:
         log = (lambda line: bar.write(line, file=sys.stderr)) if progress else (lambda line: None)
     done_groups = progressed = 0
-    groups = sum(1 for _, _, m in todo if m)
+    groups = mixed_groups(todo) if ensemble else [[entry] for entry in todo if entry[2]]
     try:
-        for config, spec, missing in todo:
-            if not missing:
-                continue
+        for group in groups:
             done_groups += 1
-            bar.set_description_str(f"{exp.name} [{done_groups}/{groups}] {config.id}")
-            width = len(missing)
-            planned = width * spec.epochs * math.ceil(ds.n_train / spec.batch_size)
+            ids = "+".join(config.id for config, _, _ in group)
+            bar.set_description_str(f"{exp.name} [{done_groups}/{len(groups)}] {ids}")
+            planned = sum(len(m) * spec.epochs * math.ceil(ds.n_train / spec.batch_size) for _, spec, m in group)
             advanced = 0
 
             def on_step(n, w):
@@ -128,25 +132,68 @@ def run(experiment, out, epochs: int | None = None, seeds: int | None = None, de
                 bar.update(n * w)
 
             t0 = time.perf_counter()
-            histories = []
-            for chunk, hs in train_seeds(spec, missing, ds, on_step):
-                for seed, history in zip(chunk, hs):
-                    path = store.write(exp, config, seed, spec, history, ensemble=chunk, checksums=ds.checksums)
+            histories = {config.id: [] for config, _, _ in group}
+            members = [(config, spec, seed) for config, spec, missing in group for seed in missing]
+            for chunk, hs in train_members(members, ds, on_step, ensemble=ensemble):
+                for (config, spec, seed), history in zip(chunk, hs):
+                    chunk_ids = [c.id for c, _, _ in chunk]
+                    path = store.write(exp, config, seed, spec, history, ensemble=[s for _, _, s in chunk],
+                                       checksums=ds.checksums,
+                                       mixed_with=chunk_ids if len(set(chunk_ids)) > 1 else None)
                     _note_divergence(summary, path)
-                histories.extend(hs)
+                    histories[config.id].append(history)
             if advanced < planned:          # networks diverged and training stopped early
                 bar.update(planned - advanced)
                 progressed += planned - advanced
-            summary["trained"] += width
+            summary["trained"] += len(members)
             elapsed = time.perf_counter() - t_start
             left = elapsed / max(progressed, 1) * (total - progressed)
-            log(f"[{done_groups}/{groups}] {config.id}: seeds {_seed_text(missing)}, "
-                f"{result_text([[r.as_dict() for r in h] for h in histories])}, "
-                f"{time.perf_counter() - t0:.1f} s; about {_duration(left)} left")
+            mixed = f" (one mixed ensemble: {ids})" if len(group) > 1 else ""
+            for config, _, missing in group:
+                log(f"[{done_groups}/{len(groups)}] {config.id}: seeds {_seed_text(missing)}, "
+                    f"{result_text([[r.as_dict() for r in h] for h in histories[config.id]])}, "
+                    f"{time.perf_counter() - t0:.1f} s{mixed}; about {_duration(left)} left")
     finally:
         bar.close()
         summary["seconds"] = round(time.perf_counter() - t_start, 3)
     return summary
+
+
+def mixed_groups(todo):
+    """Group the configurations with missing runs that can share one ensemble (:func:`rbp.train.mixable`).
+
+    Configurations whose algorithms differ only in their initial state (feedback
+    distribution or scale, initial weight scale: e.g. the sparse-N rows of
+    Table 1 or the sparsity sweep of Fig. 4) train as one mixed ensemble; the
+    others alone.  Groups keep the experiment's order of first appearance.
+    """
+    from ..train import mixable
+    groups = []
+    for entry in todo:
+        if not entry[2]:
+            continue
+        for g in groups:
+            if mixable(g[0][1], entry[1]):
+                g.append(entry)
+                break
+        else:
+            groups.append([entry])
+    return groups
+
+
+def train_members(members, ds, on_step=None, ensemble: bool = True):
+    """Train ``members`` = [(config, spec, seed)] in ensembles as large as memory allows (one at a time
+    without ``ensemble``); the specs must be mixable.  Yields (members of the ensemble, their histories).
+    """
+    from ..train import train_group
+    size = _chunk_size(members[0][1], ds) if ensemble else 1
+    for i in range(0, len(members), size):
+        chunk = members[i:i + size]
+        step = None if on_step is None else (lambda n, w=len(chunk): on_step(n, w))
+        specs = [spec for _, spec, _ in chunk]
+        _, hs = train_group(specs[0], [seed for _, _, seed in chunk], dataset=ds, on_step=step,
+                            member_specs=specs if len(chunk) > 1 else None)
+        yield chunk, hs
 
 
 def train_seeds(spec, seeds, ds, on_step=None):

@@ -14,7 +14,8 @@ exists.  A run file holds (format ``rbp-run/1``)::
     {"format": "rbp-run/1", "experiment": NAME, "seed": k,
      "config": {id, label, algorithm, options, row, groups, paper_mean, paper_sd, note, order},
      "spec": the TrainSpec (algorithm as name + options), "key": the part of it that must match to resume,
-     "ensemble": the seeds trained together with it, "epochs_completed": n, "diverged": bool,
+     "ensemble": the seeds trained together with it, ["mixed_with": the configuration of each of them,
+     for a mixed ensemble,] "epochs_completed": n, "diverged": bool,
      "diverged_epoch": the first epoch whose loss was NaN or infinite (null if none),
      "provenance": {rbp/torch/python versions, machine, host, data checksums, finished (UTC)},
      "history": [one row per epoch: seed, epoch, train_loss, train_accuracy, test_loss, test_accuracy,
@@ -167,8 +168,11 @@ class Store:
                 raise ConfigError(f"{self.root} exists and is not an rbp result store; choose another --out")
 
     def write(self, experiment, config, seed, spec, history, ensemble, checksums=None,
-              provenance_of_run: dict | None = None) -> Path:
+              provenance_of_run: dict | None = None, mixed_with: list | None = None) -> Path:
         """Store one finished run atomically.
+
+        ``mixed_with``: for a run trained in a mixed ensemble, the configuration
+        id of every member, in the order of ``ensemble``.
 
         ``provenance_of_run`` is the provenance measured where the run trained (a
         cluster worker: its versions, host and data checksums); by default this
@@ -184,6 +188,8 @@ class Store:
             "epochs_completed": len(rows), "diverged": diverged_at is not None, "diverged_epoch": diverged_at,
             "provenance": prov, "history": rows,
         }
+        if mixed_with is not None:
+            doc["mixed_with"] = [str(c) for c in mixed_with]
         path = self.runs / run_name(config.id, seed)
         atomic_write(path, json.dumps(_clean(doc), allow_nan=False) + "\n")
         return path

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..channel import feedback as fb
-from ..channel.algorithm import Algorithm, algorithm as make_algorithm
+from ..channel.algorithm import Algorithm, algorithm as make_algorithm, training_signature
 from ..channel.backward import Pass
 from ..channel.noise import Noise, generator
 from ..errors import ConfigError, UnsupportedModelError
@@ -204,7 +204,8 @@ def _check_conv_options(alg: Algorithm, layers, shapes):
 
 
 def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_size: int | None = None,
-            example_input: torch.Tensor | None = None, inplace: bool = False, **options) -> nn.Module:
+            example_input: torch.Tensor | None = None, inplace: bool = False,
+            member_algorithms: Sequence | None = None, **options) -> nn.Module:
     """Return ``model`` trained by the learning channel of ``algorithm``.
 
     After ``loss.backward()`` every parameter's ``.grad`` holds the algorithm's
@@ -238,6 +239,12 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     shape (N_L, C*H*W).  A conv model that declares ``input_shape = (C, H, W)``
     as an attribute (as :func:`rbp.models.cifar_convnet` does) gets the pass
     with a zero input of that shape when ``example_input`` is not given.
+
+    ``member_algorithms`` (an ensemble model only: one algorithm or name per
+    member) makes a *mixed* ensemble: members whose algorithms differ only in
+    their initial state (feedback distribution, ``feedback_scale``,
+    ``init_scale``; :func:`rbp.channel.algorithm.training_signature`) train
+    together, each initialised by its own algorithm, all stepped by ``algorithm``.
 
     The model is copied unless ``inplace=True`` (then the existing parameters,
     and optimizers over them, stay valid).  Feedback matrices are buffers, or
@@ -288,11 +295,16 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     channel = LearningChannel(alg, Noise(seeds, ensemble=bool(ensemble)), sites, top_size)
     for site in sites:
         site.channel = channel
-    if alg.init_scale != 1.0:
-        with torch.no_grad():
+    members = _member_algorithms(alg, member_algorithms, ensemble, model)
+    with torch.no_grad():
+        if members is None and alg.init_scale != 1.0:
             for site in sites:
                 site.weight.mul_(alg.init_scale)
-    _init_feedback(sites, alg, seeds, ensemble)
+        for k, a in enumerate(members or ()):
+            if a.init_scale != 1.0:
+                for site in sites:
+                    site.weight[k].mul_(a.init_scale)
+    _init_feedback(sites, alg, seeds, ensemble, members)
     model.register_forward_pre_hook(channel.begin_pass)
     _route_structure(alg, model, channel)
     model.rbp_channel = channel
@@ -335,10 +347,30 @@ def _resolve_units(alg: Algorithm, model: nn.Module) -> Algorithm:
     return dataclasses.replace(alg, backward_nonlinearity=names.pop() if names else "linear")
 
 
-def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble):
+def _member_algorithms(alg: Algorithm, given, ensemble, model) -> list | None:
+    """Resolve and check ``member_algorithms`` of :func:`convert` (None when not given)."""
+    if given is None:
+        return None
+    if not ensemble:
+        raise ConfigError("member_algorithms needs an ensemble model (one algorithm per member)")
+    members = [_resolve_units(make_algorithm(a), model) for a in given]
+    if len(members) != ensemble:
+        raise ConfigError(f"member_algorithms has {len(members)} entries for an ensemble of {ensemble}")
+    want = training_signature(alg)
+    for a in members:
+        if training_signature(a) != want:
+            raise ConfigError(f"{a.describe()} cannot share an ensemble stepped by {alg.describe()}: they differ in "
+                              "more than their initial state (feedback distribution and scale, init_scale)")
+    return members
+
+
+def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Sequence[Algorithm] | None = None):
+    """Draw every site's feedback; ``members`` gives each ensemble member its own initial-state fields."""
     if not alg.random_feedback:
         return
-    spec = alg.feedback
+    members = list(members) if members is not None else [alg] * len(seeds)
+    specs = [a.feedback for a in members]
+    scales = [a.feedback_scale for a in members]
     chained = alg.route != "skip"
     gens = [generator(s, "feedback") for s in seeds]
     n_top = sites[-1].out_channels if isinstance(sites[-1], FeedbackConv2d) else sites[-1].out_features
@@ -347,13 +379,18 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble):
     if m > L - 1:
         raise ConfigError(f"backward_hidden has {m} layers but the network has {L - 1} hidden layers to receive "
                           f"from them; a distinct network may be at most {L - 1} layers deep")
-    scale = alg.feedback_scale
+
+    def check_sparse(fan_out, where):
+        for spec in specs:
+            if spec.kind == "sparse" and spec.sparsity > fan_out:
+                raise ConfigError(f"feedback sparse-{spec.sparsity}: n must be at most the fan-out {fan_out} {where}")
+
     for i, site in enumerate(sites):
-        if spec.per_synapse:
+        if alg.feedback.per_synapse:
             if i == len(sites) - 1:
                 continue  # the top layer follows the gradient
             shape = (n_top, site.out_features, site.in_features + (site.bias is not None))
-            site.set_feedback(_members(spec, shape, gens, site, False, lambda k: None, ensemble, scale), False)
+            site.set_feedback(_members(specs, shape, gens, site, False, lambda k: None, ensemble, scales), False)
             continue
         if i == 0:
             continue  # the first layer's input is the data: no learning channel below it
@@ -364,30 +401,28 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble):
         else:
             shape = (site.out_features, site.in_features) if chained else (widths[min(L - i, m)], _skip_width(site))
             fan_out, what = shape[-1], "learning channel"
-        if spec.kind == "sparse" and spec.sparsity > fan_out:
-            raise ConfigError(f"feedback sparse-{spec.sparsity}: n must be at most the fan-out "
-                              f"{fan_out} of layer {i + 1}'s {what}")
+        check_sparse(fan_out, f"of layer {i + 1}'s {what}")
 
         def sign_of(k, site=site, i=i):
-            if not spec.needs_forward_sign:
+            if not specs[k].needs_forward_sign:
                 return None
             return (site.weight[k] if ensemble else site.weight).detach() if chained else _skip_sign(sites, i, k)
 
-        tensor = _members(spec, shape, gens, site, chained, sign_of, ensemble, scale)
+        tensor = _members(specs, shape, gens, site, chained, sign_of, ensemble, scales)
         site.set_feedback(tensor, adaptive=alg.adaptive)
     for k in range(1, m + 1):   # the distinct network's own layers, V^k held by the site at L - k (fixed)
         site, shape = sites[L - k], (widths[k - 1], widths[k])
-        if spec.kind == "sparse" and spec.sparsity > shape[-1]:
-            raise ConfigError(f"feedback sparse-{spec.sparsity}: n must be at most the fan-out {shape[-1]} "
-                              f"of the distinct network's layer {k}")
-        site.register_buffer("backward_weight", _members(spec, shape, gens, site, False, lambda k: None,
-                                                         ensemble, scale))
+        check_sparse(shape[-1], f"of the distinct network's layer {k}")
+        site.register_buffer("backward_weight", _members(specs, shape, gens, site, False, lambda k: None,
+                                                         ensemble, scales))
 
 
-def _members(spec, shape, gens, site, chained, sign_of, ensemble, scale=1.0):
-    """One feedback tensor per ensemble member, each from its own generator (stacked for an ensemble)."""
-    members = [site.sample_feedback(spec, shape, chained=chained, generator=gen, forward_sign=sign_of(k),
-                                    dtype=site.weight.dtype, device=site.weight.device)
-               for k, gen in enumerate(gens)]
-    out = torch.stack(members) if ensemble else members[0]
-    return out.mul_(scale) if scale != 1.0 else out
+def _members(specs, shape, gens, site, chained, sign_of, ensemble, scales):
+    """One feedback tensor per ensemble member, each from its own generator, distribution and scale
+    (stacked for an ensemble)."""
+    members = []
+    for k, gen in enumerate(gens):
+        t = site.sample_feedback(specs[k], shape, chained=chained, generator=gen, forward_sign=sign_of(k),
+                                 dtype=site.weight.dtype, device=site.weight.device)
+        members.append(t.mul_(scales[k]) if scales[k] != 1.0 else t)
+    return torch.stack(members) if ensemble else members[0]
