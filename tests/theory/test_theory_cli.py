@@ -50,11 +50,17 @@ def test_chain_divergence_is_reported_not_a_number(capsys):
 @pytest.mark.parametrize("argv", [["expansive", "--n", "3"], ["expansive", "--n", "2", "--method", "gd"],
                                   ["autoencoder", "--n", "4"], ["general", "--sizes", "3", "4", "2"],
                                   ["general", "--sizes", "2", "2", "2", "--identity"],
-                                  ["nonlinear", "--mu", "2"], ["nonlinear", "--mu", "1", "--no-fprime"]])
+                                  ["nonlinear", "--mu", "2"], ["nonlinear", "--mu", "1", "--no-fprime"],
+                                  ["thm9", "--sizes", "3", "4", "3"], ["thm9", "--sizes", "2", "2", "2", "--identity"]])
 def test_other_checks_agree(capsys, argv):
     code, out = run(capsys, *argv, "--json")
     r = last_json(out)
     assert code == 0 and r["agree"] and r["max_abs_diff"] < 1e-6
+
+
+def test_thm9_text_reports_isolation(capsys):
+    code, out = run(capsys, "thm9", "--sizes", "2", "3", "2")
+    assert code == 0 and "isolated: yes" in out and "AGREE" in out
 
 
 def test_nonlinear_without_fprime_shows_no_fixed_point(capsys):
@@ -80,6 +86,12 @@ def test_sweep_and_figures_write_files(capsys, tmp_path):
     assert code == 0 and len(r["records"]) == 4
     assert all((tmp_path / f).exists() for f in ["sweep_relu_linear.json", "alignment_relu_linear.png",
                                                   "loss_relu_linear.png"])
+    (tmp_path / "alignment_relu_linear.png").unlink()
+    code, out = run(capsys, "sweep", "--replot", "--out", str(tmp_path), "--json")
+    assert code == 0 and len(last_json(out)["records"]) == 4
+    assert (tmp_path / "alignment_relu_linear.png").exists()
+    with pytest.raises(ConfigError):
+        run(capsys, "sweep", "--replot", "--out", str(tmp_path / "empty"))
     code, out = run(capsys, "figures", "--out", str(tmp_path / "figs"), "--json")
     files = last_json(out)["files"]
     assert code == 0 and len(files) == 4
@@ -91,6 +103,7 @@ def test_sweep_and_figures_write_files(capsys, tmp_path):
                                   ["chain", "--depth", "2", "--c", "0"], ["expansive", "--n", "0"],
                                   ["autoencoder", "--n", "-1"], ["general", "--sizes", "2", "3", "2", "--identity"],
                                   ["nonlinear", "--mu", "0"], ["two-layer", "--width", "-5"],
+                                  ["thm9", "--sizes", "2", "0", "2"], ["thm9", "--sizes", "2", "3", "2", "--identity"],
                                   ["two-layer", "--lam", "-1"], ["sweep", "--widths", "0"]])
 def test_bad_input_raises_config_error(capsys, argv):
     with pytest.raises(ConfigError):

@@ -64,3 +64,32 @@ def test_bad_configuration_is_a_config_error(kw):
     base.update(kw)
     with pytest.raises(ConfigError):
         train_two_layer(**base)
+
+
+def test_default_step_near_the_stability_limit_converges_in_fewer_steps_for_sigmoid():
+    # sigmoid's output kernel is badly conditioned (its mean 1/2 makes one large
+    # eigenvalue); the default step 1.8 / lambda_max still converges, in about
+    # 1/1.8 of the steps that 1 / lambda_max needs
+    kw = dict(activation_name="sigmoid", width=200, steps=20000, n=20, d=60, runs=2, seed=1)
+    fast = train_two_layer(**kw)
+    slow = train_two_layer(eta_scale=1.0, **kw)
+    for r in (fast, slow):
+        assert not r.diverged.any() and r.loss.max() < 1e-18
+    assert fast.steps < 0.7 * slow.steps
+    assert abs(fast.eta / slow.eta - 1.8) < 1e-12
+
+
+@pytest.mark.parametrize("track", ["z", "w"])
+def test_training_runs_in_groups_gives_the_same_numbers(track):
+    # groups of runs share a step loop; records, stopping and results must not depend on them
+    kw = dict(activation_name="tanh", width=96, runs=5, n=10, d=20, steps=300, lam=0.05, track=track, seed=2)
+    whole = train_two_layer(chunk_bytes=None, **kw)
+    single = train_two_layer(chunk_bytes=1, **kw)          # one run per group
+    pairs = train_two_layer(chunk_bytes=2 * 8 * 10 * 96, **kw)
+    for r in (single, pairs):
+        assert r.steps == whole.steps
+        assert np.allclose(r.loss_curve, whole.loss_curve, rtol=1e-12, atol=0)
+        assert np.allclose(r.alignment_curve, whole.alignment_curve, rtol=0, atol=1e-12)
+    stop = dict(kw, lam=0.0, steps=5000, tol=1e-12)        # early stop when every run is done
+    a, c = train_two_layer(chunk_bytes=None, **stop), train_two_layer(chunk_bytes=1, **stop)
+    assert a.steps == c.steps < 5000 and np.allclose(a.alignment, c.alignment, atol=1e-12)

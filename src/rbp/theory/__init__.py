@@ -9,6 +9,8 @@
 * :mod:`rbp.theory.checks` -- integrate and compare, one function per theorem.
 * :mod:`rbp.theory.twolayer` -- two-layer feedback-alignment networks
   (Song, Xu & Lafferty 2021), batched over runs with torch.
+* :mod:`rbp.theory.mnist` -- paper 3's MNIST network (784-1000-10 ReLU),
+  trained by the engine with random feedback and a penalty on the output weights.
 * :mod:`rbp.theory.figures` -- the pictures (PNG).
 * :mod:`rbp.theory.cli` -- ``rbp theory ...`` (``register(subparsers)``).
 """

@@ -28,7 +28,9 @@ __all__ = [
     "check_chain",
     "check_expansive",
     "check_autoencoder",
+    "general_problem",
     "check_general",
+    "check_theorem9",
     "check_nonlinear",
 ]
 
@@ -167,8 +169,13 @@ def check_autoencoder(n: int, seed: int = 0, *, tol: float = 1e-6) -> dict:
     return out
 
 
-def check_general(sizes, seed: int = 0, *, identity: bool = False, tol: float = 1e-6) -> dict:
-    """Thms 7-8 (and 10 with ``identity``): RBP on ``A(N0,N1,N2)``; ``C1 A2 A1`` vs ``C1 S_TI S_II^-1``."""
+def general_problem(sizes, seed: int = 0, *, identity: bool = False):
+    """A random ``A(N0,N1,N2)`` problem: sizes, ``A1(0)``, ``A2(0)``, ``C1``, ``Sigma_TI``, ``Sigma_II``.
+
+    Starting weights ``~ N(0, 0.3^2)``, ``C1 ~ N(0, 1)``, ``Sigma_TI ~ N(0, 1)``
+    and ``Sigma_II = M M^T / N0 + I`` (positive definite). With ``identity``,
+    ``Sigma_TI = Sigma_II = C1 = I`` (Thm 10's setting, equal sizes).
+    """
     if len(sizes) != 3 or min(sizes) < 1:
         raise ConfigError("--sizes needs three positive layer sizes N0 N1 N2")
     n0, n1, n2 = (int(s) for s in sizes)
@@ -183,6 +190,12 @@ def check_general(sizes, seed: int = 0, *, identity: bool = False, tol: float = 
         M = rng.normal(size=(n0, n0))
         S_ii = M @ M.T / n0 + np.eye(n0)
         S_ti = rng.normal(size=(n2, n0))
+    return n0, n1, n2, A1, A2, C1, S_ti, S_ii
+
+
+def check_general(sizes, seed: int = 0, *, identity: bool = False, tol: float = 1e-6) -> dict:
+    """Thms 7-8 (and 10 with ``identity``): RBP on ``A(N0,N1,N2)``; ``C1 A2 A1`` vs ``C1 S_TI S_II^-1``."""
+    n0, n1, n2, A1, A2, C1, S_ti, S_ii = general_problem(sizes, seed, identity=identity)
     tr = linear.integrate_three_layer(A1, A2, C1, S_ti, S_ii)
     B1 = tr.final[: n1 * n0].reshape(n1, n0)
     B2 = tr.final[n1 * n0:].reshape(n2, n1)
@@ -203,6 +216,70 @@ def check_general(sizes, seed: int = 0, *, identity: bool = False, tol: float = 
         "invariant_drift": float(np.max(np.abs(inv - inv[0]))),
         "product_error": float(np.max(np.abs(B2 @ B1 - S_ti @ np.linalg.inv(S_ii)))),
         "t_final": tr.t_final,
+    }
+
+
+def check_theorem9(sizes, seed: int = 0, *, identity: bool = False, tol: float = 1e-6) -> dict:
+    """Thm 9 on ``A(N0,N1,N2)``: the limit solves Eq. 110 and is an isolated solution.
+
+    Integrates the problem of :func:`general_problem` and checks, from the
+    trajectory and without using the theorem's conclusion:
+
+    * the matrix ``V`` of Thm 8's proof never increases (smallest eigenvalue of
+      ``V(t_k) - V(t_{k+1})`` over consecutive samples, ``lyapunov_increase``),
+    * the end point solves Eq. 110 with ``K`` taken at ``t = 0`` and ``L = V(end)``
+      (``residual``; ``L`` makes the third block zero, so the content is Thm 8's
+      product and Thm 7's conserved matrix),
+    * whether that solution is isolated (:func:`predictions.theorem9_isolation`),
+      first for Eq. 110 alone (``isolated_eq110``), then with the conserved
+      part of ``A1`` outside ``range(C1)`` added (``isolated``; that part is
+      checked to stay constant, ``range_drift``). If it is isolated, Thm 9's
+      argument says ``A1`` and ``C1 A2`` converge, and we compare with the
+      integration: they must have settled.
+
+    ``agree`` is true when the residual is within ``tol``, ``V`` never rose by
+    more than ``tol`` and, for an isolated limit, the weights settled. The
+    rank test is first-order: a rank-deficient Jacobian (``isolated: false``)
+    leaves the question open rather than showing a continuum of solutions, so
+    it does not fail the check.
+    """
+    n0, n1, n2, A1, A2, C1, S_ti, S_ii = general_problem(sizes, seed, identity=identity)
+    tr = linear.integrate_three_layer(A1, A2, C1, S_ti, S_ii)
+    Y1 = tr.y[:, : n1 * n0].reshape(-1, n1, n0)
+    Y2 = tr.y[:, n1 * n0:].reshape(-1, n2, n1)
+    K = predictions.three_layer_invariant(A1, A2, C1)
+    V = np.array([predictions.three_layer_lyapunov(a, b, C1, S_ti, S_ii) for a, b in zip(Y1, Y2)])
+    steps = V[:-1] - V[1:]
+    increase = float(max(0.0, -min(float(np.linalg.eigvalsh(d)[0]) for d in steps))) if len(steps) else 0.0
+    L = V[-1]
+    B1, B2 = Y1[-1], Y2[-1]
+    res = predictions.theorem9_residual(B1, B2, C1, S_ti, S_ii, K, L)
+    iso110 = predictions.theorem9_isolation(B1, B2, C1, S_ti, S_ii, K, L)
+    iso = predictions.theorem9_isolation(B1, B2, C1, S_ti, S_ii, K, L, A1_start=A1)
+    Q = predictions.range_complement(C1)
+    range_drift = float(np.max(np.abs(Q.T @ (Y1 - A1)))) if Q.shape[1] else 0.0
+    residual = float(np.max(np.abs(res)))
+    settled = tr.status == "converged"
+    agree = residual <= tol and increase <= tol and range_drift <= tol and (settled or not iso["isolated"])
+    X = C1 @ B2
+    return {
+        "check": "theorem9", "sizes": [n0, n1, n2], "seed": seed, "identity": identity, "tol": tol,
+        "status": tr.status, "t_final": tr.t_final,
+        "equations": iso["equations"], "unknowns": iso["unknowns"],
+        "jacobian_rank_eq110": iso110["rank"], "isolated_eq110": iso110["isolated"],
+        "extra_equations": iso["equations"] - iso110["equations"], "range_drift": range_drift,
+        "jacobian_rank": iso["rank"], "needed_rank": iso["needed_rank"], "rank_C1": iso["rank_C1"],
+        "smallest_singular_value": iso["smallest_singular_value"],
+        "isolated": iso["isolated"], "weights_settled": settled,
+        "residual": residual, "lyapunov_increase": increase,
+        "lyapunov_drop": float(np.max(np.abs(V[0] - L))),
+        "K": _floats(K), "L": _floats(L),
+        "A1": _floats(B1), "C1A2": _floats(X),
+        # the common keys of every check: here the "prediction" is Eq. 110's
+        # right-hand side and the "simulation" the end point's left-hand side
+        "predicted": _floats(np.zeros_like(res)), "simulated": _floats(res),
+        "max_abs_diff": residual,
+        "agree": agree,
     }
 
 

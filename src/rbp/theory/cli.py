@@ -131,6 +131,35 @@ def _cmd_general(args) -> int:
     return _emit(args, r, lines)
 
 
+def _cmd_thm9(args) -> int:
+    from .checks import check_theorem9
+
+    r = check_theorem9(args.sizes, args.seed, identity=args.identity, tol=args.tol)
+    n0, n1, n2 = r["sizes"]
+    iso = ("isolated: yes, so by Thm 9's argument A1 and C1 A2 converge"
+           if r["isolated"] else
+           "isolated: undecided (the first-order test is inconclusive; Thm 9 then says nothing)")
+    lines = [f"A({n0},{n1},{n2}), RBP" + (" with Sigma = C1 = I" if args.identity else "")
+             + f", seed {args.seed}",
+             "Thm 9 (Eq. 110): X A1 = C1 S_TI S_II^-1, X + X^T - A1 A1^T = K, "
+             "X X^T - A1 M^T - M A1^T = L, with X = C1 A2",
+             f"V = X X^T - A1 M^T - M A1^T never increased: largest rise {r['lyapunov_increase']:.3g} "
+             f"(it fell by up to {r['lyapunov_drop']:.3g})",
+             f"end point (t = {r['t_final']:.4g}) solves Eq. 110 to {r['residual']:.3g} "
+             f"(K from t = 0, L = V at the end)",
+             f"{r['equations'] - r['extra_equations']} equations in {r['unknowns']} unknowns; "
+             f"Jacobian rank {r['jacobian_rank_eq110']} "
+             f"of the {r['needed_rank']} needed (rank C1 = {r['rank_C1']})"]
+    if r["extra_equations"]:
+        lines.append(f"with the {r['extra_equations']} conserved entries of A1 outside range(C1) "
+                     f"(they moved by {r['range_drift']:.3g}): rank {r['jacobian_rank']}")
+    lines += [f"smallest singular value {r['smallest_singular_value']:.3g}",
+             iso,
+             f"integration: A1 and A2 settled: {'yes' if r['weights_settled'] else 'no'}",
+             "AGREE" if r["agree"] else "DISAGREE"]
+    return _emit(args, r, lines)
+
+
 def _cmd_nonlinear(args) -> int:
     from .checks import check_nonlinear
 
@@ -192,17 +221,37 @@ def _check_two_layer_args(args):
             raise ConfigError(f"widths must be positive integers, got {w}")
 
 
+def _write_atomic(path: Path, text: str):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def _cmd_sweep(args) -> int:
     from . import figures
     from .twolayer import train_two_layer
 
     _check_two_layer_args(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not args.replot:
+        out.mkdir(parents=True, exist_ok=True)
     records, curves = [], []
+    tag = f"{args.activation}_{args.target}"
+    data = out / f"sweep_{tag}.json"
     t0 = time.perf_counter()
-    for lam in args.lams:
-        for p in args.widths:
+    if args.replot:
+        if not data.is_file():
+            raise ConfigError(f"--replot needs {data}, written by an earlier sweep")
+        try:
+            saved = json.loads(data.read_text())
+            records, curves = saved["records"], saved["loss_curves"]
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"{data} is not a sweep file: {exc}") from None
+        if not records:
+            raise ConfigError(f"{data} holds no points yet")
+    # widths outer, lambdas inner: a sweep stopped early has every lambda up to some width
+    for p in [] if args.replot else sorted(args.widths):
+        for lam in args.lams:
             res = train_two_layer(activation_name=args.activation, width=p, lam=lam, runs=args.runs,
                                   n=args.n, d=args.d, steps=args.steps, eta_scale=args.eta_scale,
                                   tol=args.tol, target=args.target, seed=args.seed,
@@ -211,21 +260,82 @@ def _cmd_sweep(args) -> int:
             records.append(s)
             curves.append({"width": p, "lam": lam, "steps": res.record_steps.tolist(),
                            "loss_mean": np.nanmean(res.loss_curve, axis=1).tolist()})
+            # the data so far, after every point: a long sweep that is stopped keeps what it did
+            _write_atomic(data, json.dumps({"records": records, "loss_curves": curves}, default=_json_default))
             if not args.json:
                 print(f"lambda={lam:<6g} width={p:<6d} alignment {s['alignment_mean']:.4f} "
                       f"+- {s['alignment_sd']:.4f}  loss {s['loss_mean']:.3g}  steps {s['steps']}  "
                       f"{s['seconds']:.1f} s", flush=True)
-    tag = f"{args.activation}_{args.target}"
-    data = out / f"sweep_{tag}.json"
-    data.write_text(json.dumps({"records": records, "loss_curves": curves}, default=_json_default))
     f1 = figures.two_layer_alignment(out / f"alignment_{tag}.png", records, activation=args.activation)
-    ends = (min(args.widths), max(args.widths))
+    done_widths = [r["width"] for r in records]
+    ends = (min(done_widths), max(done_widths))
     sel = [(f"p={cv['width']}, lambda={cv['lam']:g}", cv["steps"], cv["loss_mean"])
            for cv in curves if cv["width"] in ends]
     f2 = figures.two_layer_loss_curves(out / f"loss_{tag}.png", sel, activation=args.activation)
     result = {"records": records, "files": [str(data), str(f1), str(f2)],
               "seconds": round(time.perf_counter() - t0, 1)}
     lines = [f"wrote {data}, {f1}, {f2} ({result['seconds']} s)"]
+    return _emit(args, result, lines)
+
+
+def _cmd_mnist(args) -> int:
+    from . import figures
+    from .mnist import train_mnist_fa
+
+    import torch
+
+    from ..data import load
+
+    torch.set_num_threads(args.threads)
+    for lam in args.lams:
+        if lam < 0 or not math.isfinite(lam):
+            raise ConfigError(f"lambda must be a non-negative number, got {lam}")
+    if args.epochs < 1 or args.seeds < 1 or args.hidden < 1:
+        raise ConfigError("--epochs, --seeds and --hidden must be positive integers")
+    ds = load("mnist", data_dir=args.data_dir, download=False)
+    groups = [("rbp", lam) for lam in args.lams] + ([("bp", 0.0)] if args.bp else [])
+    rows, t0 = [], time.perf_counter()
+    for alg, lam in groups:
+        def show(recs, alg=alg, lam=lam):
+            rows.extend(recs)
+            if not args.json:
+                acc = np.mean([r["test_accuracy"] for r in recs])
+                al = [r["alignment"] for r in recs if r["alignment"] is not None]
+                print(f"{alg:<4} lambda={lam:<6g} epoch {recs[0]['epoch']:>3}  test accuracy {100 * acc:.2f} %"
+                      + (f"  cos(B, W_out) {np.mean(al):.3f}" if al else "")
+                      + f"  |W_out| {np.mean([r['out_norm'] for r in recs]):.3g}  {recs[0]['seconds']:.1f} s",
+                      flush=True)
+        train_mnist_fa(lam, algorithm=alg, hidden=args.hidden, epochs=args.epochs,
+                       seeds=range(args.seed, args.seed + args.seeds), lr=args.lr, dataset=ds,
+                       max_steps=args.max_steps, on_epoch=show)
+    summary = []
+    last = max(r["epoch"] for r in rows)
+    for alg, lam in groups:
+        fin = [r for r in rows if r["algorithm"] == alg and r["lam"] == lam and r["epoch"] == last]
+        acc = np.array([r["test_accuracy"] for r in fin])
+        al = np.array([r["alignment"] for r in fin if r["alignment"] is not None])
+        summary.append({"algorithm": alg, "lam": lam, "epochs": last, "seeds": len(fin),
+                        "test_accuracy_mean": float(acc.mean()),
+                        "test_accuracy_sd": float(acc.std(ddof=1)) if acc.size > 1 else 0.0,
+                        "alignment_mean": float(al.mean()) if al.size else None,
+                        "alignment_sd": float(al.std(ddof=1)) if al.size > 1 else (0.0 if al.size else None)})
+    result = {"summary": summary, "seconds": round(time.perf_counter() - t0, 1)}
+    lines = ["final (mean +- sd over seeds):"]
+    for s_ in summary:
+        line = (f"  {s_['algorithm']:<4} lambda={s_['lam']:<6g} test accuracy {100 * s_['test_accuracy_mean']:.2f}"
+                f" +- {100 * s_['test_accuracy_sd']:.2f} %")
+        if s_["alignment_mean"] is not None:
+            line += f"  cos(B, W_out) {s_['alignment_mean']:.3f} +- {s_['alignment_sd']:.3f}"
+        lines.append(line)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        data = out / "mnist_fa.json"
+        data.write_text(json.dumps({"rows": rows, **result}, default=_json_default))
+        png = figures.mnist_fa(out / "mnist_fa.png", rows)
+        result["files"] = [str(data), str(png)]
+        lines.append(f"wrote {data}, {png}")
+    lines.append(f"{result['seconds']} s")
     return _emit(args, result, lines)
 
 
@@ -250,15 +360,16 @@ def _common(p, *, seed=True, tol=True):
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
-def _two_layer_options(p):
+def _two_layer_options(p, *, steps=10000):
     p.add_argument("--activation", default="relu", choices=["linear", "relu", "tanh", "sigmoid"])
     p.add_argument("--runs", type=int, default=5, help="independent runs, trained as one batch (default 5)")
     p.add_argument("--n", type=int, default=50, help="training samples (default 50)")
     p.add_argument("--d", type=int, default=150, help="input dimension (default 150)")
-    p.add_argument("--steps", type=int, default=10000, help="largest number of full-batch steps (default 10000)")
+    p.add_argument("--steps", type=int, default=steps,
+                   help=f"largest number of full-batch steps (default {steps})")
     p.add_argument("--eta-scale", type=float, default=None,
                    help="step size as a multiple of 1/lambda_max of the initial output kernel "
-                        "(default 1 for lambda = 0, 0.2 for lambda > 0)")
+                        "(default 1.8 for lambda = 0, 0.2 for lambda > 0)")
     p.add_argument("--tol", type=float, default=1e-18,
                    help="stop once every run's loss is below this (default 1e-18)")
     p.add_argument("--target", default="linear", choices=["linear", "teacher"])
@@ -303,6 +414,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=_cmd_general)
 
+    p = sub.add_parser("thm9", help="A(N0,N1,N2): the limit solves Eq. 110 and is isolated (Thm 9)")
+    p.add_argument("--sizes", type=int, nargs=3, default=[3, 4, 3], metavar=("N0", "N1", "N2"))
+    p.add_argument("--identity", action="store_true", help="Sigma_TI = Sigma_II = C1 = I")
+    _common(p)
+    p.set_defaults(func=_cmd_thm9)
+
     p = sub.add_parser("nonlinear", help="A(1,1,1) with a power unit: Thm 12, or no fixed point without f'")
     p.add_argument("--mu", type=float, required=True, help="power of the hidden unit")
     p.add_argument("--no-fprime", action="store_true", help="omit the derivative of the hidden unit")
@@ -314,15 +431,35 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lam", type=float, default=0.0, help="ridge penalty on the output weights")
     p.add_argument("--eta", type=float, default=None, help="explicit step size (overrides --eta-scale)")
     p.add_argument("--algorithm", default="fa", choices=["fa", "bp"])
-    _two_layer_options(p)
+    _two_layer_options(p, steps=20000)
     p.set_defaults(func=_cmd_two_layer)
 
     p = sub.add_parser("sweep", help="alignment vs width for several lambda; writes JSON and PNGs")
     p.add_argument("--widths", type=int, nargs="+", default=list(DEFAULT_WIDTHS))
     p.add_argument("--lams", type=float, nargs="+", default=list(DEFAULT_LAMS))
     p.add_argument("--out", default="docs/img/theory", help="output folder (default docs/img/theory)")
+    p.add_argument("--replot", action="store_true",
+                   help="train nothing: draw the figures from the sweep JSON already in --out "
+                        "(which is rewritten after every point, so a stopped sweep can be drawn)")
     _two_layer_options(p)
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("mnist", help="paper 3's MNIST net (784-1000-10 ReLU), feedback alignment with a "
+                                     "penalty on the output weights")
+    p.add_argument("--lams", type=float, nargs="+", default=[0.0, 0.01, 0.1],
+                   help="penalties on the output weights (default 0 0.01 0.1)")
+    p.add_argument("--bp", action="store_true", help="also train with backpropagation (lambda = 0) for reference")
+    p.add_argument("--hidden", type=int, default=1000, help="hidden ReLU units (default 1000)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=2, help="networks per configuration, trained as one ensemble")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--max-steps", type=int, default=None, help="minibatches per epoch (default: all)")
+    p.add_argument("--data-dir", default=None, help="folder with the MNIST files (else $RBP_DATA_DIR, cache)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--out", default=None, help="folder for mnist_fa.json and mnist_fa.png")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_mnist)
 
     p = sub.add_parser("figures", help="draw the ODE figures (vector field, trajectories) as PNGs")
     p.add_argument("--out", default="docs/img/theory", help="output folder (default docs/img/theory)")

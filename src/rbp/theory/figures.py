@@ -24,6 +24,7 @@ __all__ = [
     "nonlinear_trajectories",
     "two_layer_alignment",
     "two_layer_loss_curves",
+    "mnist_fa",
     "make_all",
 ]
 
@@ -203,6 +204,41 @@ def two_layer_loss_curves(path, curves, *, activation: str = "") -> Path:
     ax.set_ylabel(r"training loss $\frac{1}{2}|f - y|^2$ (mean over runs)")
     ax.set_title(f"Feedback alignment, two-layer {activation} network: loss curves")
     ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def mnist_fa(path, rows) -> Path:
+    """Paper 3's MNIST network: test accuracy and alignment cos(B, W_out) per epoch, one line per run group.
+
+    ``rows`` are the per-epoch dicts of :func:`rbp.theory.mnist.train_mnist_fa`
+    (all seeds); lines show the mean over seeds of each (algorithm, lambda).
+    """
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["algorithm"], r["lam"]), []).append(r)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, ((alg, lam), rs) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0][0] == "bp", kv[0][1]))):
+        colour = colours[i % len(colours)]
+        epochs = sorted({r["epoch"] for r in rs})
+        acc = [np.mean([r["test_accuracy"] for r in rs if r["epoch"] == e]) for e in epochs]
+        label = ("BP" if alg == "bp" else "FA") + rf", $\lambda={lam:g}$"
+        ax1.plot(epochs, 100 * np.array(acc), marker="o", ms=3, color=colour, label=label)
+        if alg != "bp":
+            al = [np.mean([r["alignment"] for r in rs if r["epoch"] == e]) for e in epochs]
+            ax2.plot(epochs, al, marker="o", ms=3, color=colour, label=label)
+    for ax in (ax1, ax2):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("test accuracy (%)")
+    ax1.set_title("784-1000-10 ReLU on MNIST: test accuracy", fontsize=10)
+    ax1.legend(fontsize=8)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel(r"alignment $\cos(B, W_{out})$")
+    ax2.set_ylim(0, 1)
+    ax2.set_title("feedback alignment of the output weights", fontsize=10)
+    ax2.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

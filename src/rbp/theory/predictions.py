@@ -16,6 +16,10 @@ two can be compared.
   positive root of a cubic (:func:`autoencoder_fixed_point`).
 * Thms 7-8 (general ``A(N0,N1,N2)``): the conserved matrix and the limit of
   ``C1 A2 A1`` (:func:`three_layer_invariant`, :func:`three_layer_product_limit`).
+* Thm 9 (general ``A(N0,N1,N2)``): the algebraic set of Eq. 110 that holds
+  every limit point; whether the reached limit is an isolated point of it
+  (:func:`three_layer_lyapunov`, :func:`theorem9_residual`,
+  :func:`theorem9_isolation`).
 * Thm 12 (nonlinear ``A(1,1,1)`` with ``f'``): the positive root of
   ``alpha - beta t^mu (t^2/(2 c1 mu) + K)`` (:func:`nonlinear_fixed_point`);
   without ``f'`` there is no fixed point (:func:`nonlinear_no_fprime_drift`).
@@ -52,6 +56,10 @@ __all__ = [
     "autoencoder_fixed_point",
     "three_layer_invariant",
     "three_layer_product_limit",
+    "three_layer_lyapunov",
+    "theorem9_residual",
+    "theorem9_isolation",
+    "range_complement",
     "nonlinear_invariant",
     "nonlinear_fixed_point",
     "nonlinear_no_fprime_drift",
@@ -407,6 +415,118 @@ def three_layer_invariant(A1, A2, C1) -> np.ndarray:
 def three_layer_product_limit(C1, sigma_ti, sigma_ii) -> np.ndarray:
     """Thm 8: ``C1 A2 A1 -> C1 Sigma_TI Sigma_II^{-1}`` along RBP."""
     return np.asarray(C1) @ np.asarray(sigma_ti) @ np.linalg.inv(np.asarray(sigma_ii))
+
+
+def three_layer_lyapunov(A1, A2, C1, sigma_ti, sigma_ii) -> np.ndarray:
+    """The matrix ``V`` of the proof of Thm 8, non-increasing along RBP.
+
+    With ``X = C1 A2`` and ``M = C1 Sigma_TI Sigma_II^{-1}``,
+    ``V = X X^T - A1 M^T - M A1^T``. Writing ``U = dA1/dt = (M - X A1) Sigma_II``
+    one finds ``dV/dt = -2 U Sigma_II^{-1} U^T``, which is negative
+    semi-definite, so ``V`` decreases in the Loewner order; it is bounded
+    below because ``A1`` is bounded (Thm 7), so it converges to a matrix ``L``.
+    """
+    X = np.asarray(C1) @ np.asarray(A2)
+    M = three_layer_product_limit(C1, sigma_ti, sigma_ii)
+    A1 = np.asarray(A1)
+    return X @ X.T - A1 @ M.T - M @ A1.T
+
+
+def _upper(S: np.ndarray) -> np.ndarray:
+    return S[np.triu_indices(S.shape[0])]
+
+
+def theorem9_residual(A1, A2, C1, sigma_ti, sigma_ii, K, L) -> np.ndarray:
+    """The equations of Thm 9 (paper 1, Eq. 110) at ``(A1, A2)``, as one vector.
+
+    Every limit point of an RBP trajectory on ``A(N0,N1,N2)`` satisfies, with
+    ``X = C1 A2`` and ``M = C1 Sigma_TI Sigma_II^{-1}``,
+
+    * ``X A1 = M`` (Thm 8),
+    * ``X + X^T - A1 A1^T = K`` (the conserved matrix of Thm 7, fixed by the start),
+    * ``X X^T - A1 M^T - M A1^T = L`` (the limit of :func:`three_layer_lyapunov`).
+
+    The symmetric equations contribute their upper triangles only.
+    """
+    A1 = np.asarray(A1, dtype=float)
+    X = np.asarray(C1) @ np.asarray(A2, dtype=float)
+    M = three_layer_product_limit(C1, sigma_ti, sigma_ii)
+    return np.concatenate([
+        (X @ A1 - M).ravel(),
+        _upper(X + X.T - A1 @ A1.T - K),
+        _upper(X @ X.T - A1 @ M.T - M @ A1.T - L),
+    ])
+
+
+def range_complement(C1) -> np.ndarray:
+    """Orthonormal columns spanning the complement of ``range(C1)`` (empty when ``C1`` has full row rank).
+
+    Along RBP ``dA1/dt = C1 (...)`` lies in ``range(C1)``, so ``Q^T A1`` is
+    conserved for these columns ``Q`` (our remark, not the paper's).
+    """
+    C1 = np.asarray(C1, dtype=float)
+    U, _, _ = np.linalg.svd(C1)
+    return U[:, int(np.linalg.matrix_rank(C1)):]
+
+
+def theorem9_isolation(A1, A2, C1, sigma_ti, sigma_ii, K, L, *, A1_start=None,
+                       rel_tol: float = 1e-8) -> dict:
+    """Is ``(A1, C1 A2)`` an isolated solution of Eq. 110? (a local form of Thm 9's hypothesis)
+
+    Thm 9 assumes that the whole solution set of Eq. 110 is discrete, which
+    no computation over finitely many points can establish. What can be
+    computed is whether a given solution is isolated: if the Jacobian of the
+    equations with respect to ``(A1, X = C1 A2)`` (``X`` restricted to the
+    matrices ``C1 A2`` can reach) has full column rank there, the equations are
+    locally injective and no other solution lies nearby. That is enough for
+    the theorem's conclusion: the limit points of a bounded trajectory form a
+    connected set inside the solution set, so if one of them is isolated it
+    is the only one, and ``A1(t)``, ``C1 A2(t)`` converge.
+
+    With ``A1_start`` the equations ``Q^T A1 = Q^T A1_start`` join Eq. 110
+    (``Q`` from :func:`range_complement`): the part of ``A1`` that ``C1``
+    cannot reach never moves, so the limit points satisfy them too. When
+    ``C1`` has fewer columns than rows this can decide cases that Eq. 110
+    alone leaves open.
+
+    The equations are quadratic (or linear), so central differences with unit
+    steps give the Jacobian exactly (up to rounding). Returns the rank, the
+    dimension it must reach, the singular values and ``isolated``.
+    """
+    A1 = np.asarray(A1, dtype=float)
+    A2 = np.asarray(A2, dtype=float)
+    C1 = np.asarray(C1, dtype=float)
+    n1, n0 = A1.shape
+    n2 = A2.shape[0]
+    z = np.concatenate((A1.ravel(), A2.ravel()))
+
+    Q = range_complement(C1) if A1_start is not None else np.zeros((n1, 0))
+
+    def F(v):
+        a1 = v[: n1 * n0].reshape(n1, n0)
+        r = theorem9_residual(a1, v[n1 * n0:].reshape(n2, n1), C1, sigma_ti, sigma_ii, K, L)
+        if Q.shape[1]:
+            r = np.concatenate((r, (Q.T @ (a1 - np.asarray(A1_start, dtype=float))).ravel()))
+        return r
+
+    cols = []
+    for i in range(z.size):
+        e = np.zeros_like(z)
+        e[i] = 1.0
+        cols.append((F(z + e) - F(z - e)) / 2.0)
+    J = np.stack(cols, axis=1)
+    sv = np.linalg.svd(J, compute_uv=False)
+    rank_c1 = int(np.linalg.matrix_rank(C1))
+    needed = n1 * n0 + n1 * rank_c1  # dimension of the pairs (A1, C1 A2)
+    cut = rel_tol * max(float(sv[0]), 1.0) if sv.size else 0.0
+    rank = int(np.sum(sv > cut))
+    return {
+        "equations": int(J.shape[0]), "unknowns": int(n1 * n0 + n2 * n1),
+        "rank": rank, "needed_rank": needed, "rank_C1": rank_c1,
+        "isolated": rank >= needed,
+        "smallest_singular_value": float(sv[needed - 1]) if needed <= sv.size else 0.0,
+        "singular_values": [float(v) for v in sv],
+    }
 
 
 # ---------------------------------------------------------------------------
