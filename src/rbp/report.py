@@ -235,6 +235,14 @@ def alignment_figure(path, title, summaries):
             if j == 0:
                 a.set_ylabel(_ALIGN_TITLES[kind], fontsize=8)
             a.grid(alpha=0.3)
+    _shared_legend(fig, ax)
+    fig.suptitle(f"{title}: alignment with backpropagation (mean over seeds; 90° = chance, dashed)", fontsize=11)
+    fig.savefig(path)
+    return path
+
+
+def _shared_legend(fig, ax):
+    """One legend below the panels with every label that any panel drew, once."""
     handles, labels = [], []
     for row in ax:
         for a in row:
@@ -243,9 +251,6 @@ def alignment_figure(path, title, summaries):
                     handles.append(hd)
                     labels.append(lb)
     fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8)
-    fig.suptitle(f"{title}: alignment with backpropagation (mean over seeds; 90° = chance, dashed)", fontsize=11)
-    fig.savefig(path)
-    return path
 
 
 def settling_figure(path, title, summaries):
@@ -280,14 +285,7 @@ def settling_figure(path, title, summaries):
                 a.set_ylabel("||ΔW|| / ||W|| per epoch" if kind == "weight_change" else "||ΔC|| / ||C|| per epoch",
                              fontsize=8)
             a.grid(alpha=0.3, which="both")
-    handles, labels = [], []
-    for row in ax:
-        for a in row:
-            for hd, lb in zip(*a.get_legend_handles_labels()):
-                if lb not in labels:
-                    handles.append(hd)
-                    labels.append(lb)
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8)
+    _shared_legend(fig, ax)
     fig.suptitle(f"{title}: do the learning equations settle? relative change of each matrix over one epoch "
                  "(mean over seeds; falling = settling)", fontsize=10)
     fig.savefig(path)
