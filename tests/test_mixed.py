@@ -114,3 +114,16 @@ def test_runner_mixes_compatible_configurations_and_matches_unmixed_runs(tmp_pat
             assert a["mixed_with"] == ["rbp", "rbp", "rbp-sparse", "rbp-sparse"] and a["ensemble"] == [0, 1, 0, 1]
         else:
             assert "mixed_with" not in a and a["ensemble"] == [0, 1]
+
+
+def test_run_command_has_a_flag_that_turns_ensembles_off(tmp_path, capsys):
+    from rbp.cli import main
+    path = tmp_path / "mixed.toml"
+    path.write_text(EXP.replace("epochs = 1", "epochs = 1\nbatch_size = 200").replace("seeds = 2", "seeds = 1"))
+    n = torch.get_num_threads()
+    try:
+        assert main(["run", str(path), "--out", str(tmp_path / "o"), "--no-ensemble", "--quiet", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(n)
+    docs = [json.loads(p.read_text()) for p in sorted((tmp_path / "o" / "runs").glob("*.json"))]
+    assert len(docs) == 3 and all(d["ensemble"] == [0] and "mixed_with" not in d for d in docs)
