@@ -117,13 +117,13 @@ class LinearOps:
         g2, x2 = self._rows2(g) * scale, self._rows2(x)
         n, out, inp = g2.shape[-2], g2.shape[-1], x2.shape[-1]
         lead = g2.shape[:-2]
+        sg, sx = torch.sign(g2), torch.sign(x2)
+        if bits == 1:  # one level: Q(v) = alpha * sign(v), so the sum is a product of sign matrices (exact)
+            return self._finish_quantized(sg.transpose(-1, -2) @ sx, g2, alpha, bits, scale)
         lg = g2.abs().log2_().sub_(math.log2(alpha))
         lx = x2.abs().log2_()
-        sg, sx = torch.sign(g2), torch.sign(x2)
         gW = None
-        if bits == 1:  # one level: Q(v) = alpha * sign(v), so the sum is a product of sign matrices (exact)
-            gW = sg.transpose(-1, -2) @ sx
-        elif _qkernel.applicable(lg, lx):
+        if _qkernel.applicable(lg, lx):
             gW = _qkernel.quantized_outer_sum(lg, sg, lx, sx, -(bits - 1))
         if gW is not None:
             return self._finish_quantized(gW, g2, alpha, bits, scale)
