@@ -9,28 +9,19 @@ one pass, in C, and skips inputs that are exactly zero (they contribute
 nothing: Q(0) = 0), which removes four fifths of the work in the first layer
 on MNIST.
 
-The C source is compiled on first use with the system's C compiler into a
-per-user cache (``$RBP_CACHE_DIR`` or ``~/.cache/rbp``), by writing to a
-temporary file and renaming it, so concurrent processes never load a half
-written library.  Where no compiler is available, or ``RBP_NO_KERNEL=1`` is
-set, :func:`load` returns ``None`` and callers use the PyTorch code path,
-which gives the same numbers up to the order of float additions.
+The C source is compiled on first use (:mod:`._native`).  Where no compiler
+is available, or ``RBP_NO_KERNEL=1`` is set, :func:`load` returns ``None`` and
+callers use the PyTorch code path, which gives the same numbers up to the
+order of float additions.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import sysconfig
-import tempfile
-import threading
-from pathlib import Path
 
 import torch
+
+from . import _native
 
 _SOURCE = r"""
 #include <math.h>
@@ -90,66 +81,21 @@ void rbp_quantized_outer_sum(int K, int N, int O, int I,
 }
 """
 
-_lock = threading.Lock()
 _state: dict = {}
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("RBP_CACHE_DIR")
-    return Path(root) if root else Path.home() / ".cache" / "rbp"
-
-
-def _compile(target: Path) -> bool:
-    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    cc = cc.split()[0]
-    if shutil.which(cc) is None:
-        cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-        if cc is None:
-            return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src = Path(tmp) / "qkernel.c"
-        src.write_text(_SOURCE)
-        out = Path(tmp) / target.name
-        base = [cc, "-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", str(src), "-o", str(out)]
-        # Prefer native vector instructions and OpenMP; fall back step by step.
-        for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], []):
-            try:
-                done = subprocess.run(base[:1] + extra + base[1:], capture_output=True, timeout=120)
-            except (OSError, subprocess.SubprocessError):
-                return False
-            if done.returncode == 0 and out.exists():
-                os.replace(out, target)
-                return True
-    return False
 
 
 def load():
     """The compiled function, or ``None`` where it cannot be had (then use PyTorch)."""
-    with _lock:
-        if "fn" in _state:
-            return _state["fn"]
+    if "fn" not in _state:
+        lib = _native.library("qkernel", _SOURCE)
         fn = None
-        if os.environ.get("RBP_NO_KERNEL", "") not in ("1", "true", "yes"):
-            try:
-                fn = _build()
-            except Exception:  # a kernel that cannot be built is an optimisation lost, not an error
-                fn = None
+        if lib is not None:
+            fn = lib.rbp_quantized_outer_sum
+            p = ctypes.c_void_p
+            fn.argtypes = [ctypes.c_int] * 4 + [p] * 4 + [ctypes.c_float, p, ctypes.c_int]
+            fn.restype = None
         _state["fn"] = fn
-        return fn
-
-
-def _build():
-    tag = hashlib.sha256((_SOURCE + sys.platform + os.uname().machine).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"qkernel-{tag}.so"
-    if not target.exists() and not _compile(target):
-        return None
-    lib = ctypes.CDLL(str(target))
-    fn = lib.rbp_quantized_outer_sum
-    p = ctypes.c_void_p
-    fn.argtypes = [ctypes.c_int] * 4 + [p] * 4 + [ctypes.c_float, p, ctypes.c_int]
-    fn.restype = None
-    return fn
+    return _state["fn"]
 
 
 def applicable(*tensors: torch.Tensor) -> bool:
