@@ -31,6 +31,7 @@ from .errors import ConfigError
 from .diagnostics import Settling, alignment, model_alignment
 from .models import cifar_convnet, mlp
 from .nn.convert import convert
+from .nn._fastops import gather_rows
 from .nn.fused import FusedNetwork, softmax_xent_grad
 from .optim import KerasSGD
 
@@ -300,8 +301,7 @@ class Trainer:
             if max_steps is not None and step >= max_steps:
                 break
             idx = perms[:, i:i + B] if K else perms[0, i:i + B]
-            # index_select copies whole rows (about 3x faster than advanced indexing here)
-            xb = self.x_train.index_select(0, idx.reshape(-1)).view(*idx.shape, *self.x_train.shape[1:])
+            xb = gather_rows(self.x_train, idx)         # whole rows, threaded (bitwise x_train[idx])
             yb = self.y_train[idx]
             if aug is not None:
                 xb = self._augment(xb, aug[:, i:i + B] if K else aug[0, i:i + B])

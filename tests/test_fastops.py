@@ -1,0 +1,66 @@
+"""The compiled tanh of the fused trainer against torch.tanh."""
+
+import math
+
+import pytest
+import torch
+
+from rbp.nn import _fastops
+
+pytestmark = pytest.mark.skipif(_fastops.load() is None, reason="no C compiler: the kernel is not built")
+
+
+def test_tanh_within_two_units_in_the_last_place():
+    x = torch.cat([torch.linspace(-12, 12, 400_001), torch.randn(10_007) * 2,
+                   torch.tensor([0.0, 1e-30, -1e-30, 0.625, -0.625, 0.62499994, 9.0, 88.0, 1e4])])
+    want = torch.tanh(x.double())
+    got = _fastops.tanh_(x.clone()).double()
+    rel = (got - want).abs() / want.abs().clamp(1e-30, 1.0)
+    assert rel.max().item() <= 2 * torch.finfo(torch.float32).eps
+    assert torch.equal(torch.sign(got), torch.sign(want))
+
+
+def test_tanh_special_values():
+    x = torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0, -0.0])
+    y = _fastops.tanh_(x.clone())
+    assert y[0].item() == 1.0 and y[1].item() == -1.0
+    assert math.isnan(y[2].item())                     # a diverged network stays visibly diverged
+    assert y[3].item() == 0.0 and math.copysign(1.0, y[4].item()) == -1.0
+
+
+def test_tanh_does_not_depend_on_position_or_length():
+    # an ensemble member must get the numbers it gets alone: the tail (n mod 8) uses the same formula
+    x = torch.randn(5, 37, 13)
+    whole = _fastops.tanh_(x.clone())
+    for k in range(5):
+        assert torch.equal(_fastops.tanh_(x[k].clone()), whole[k])
+    assert torch.equal(_fastops.tanh_(x[0, 0, :3].clone()), whole[0, 0, :3])
+
+
+def test_tanh_falls_back_to_torch(monkeypatch):
+    x64 = torch.randn(20, dtype=torch.float64)
+    assert torch.equal(_fastops.tanh_(x64.clone()), torch.tanh(x64))   # other dtypes: torch
+    x = torch.randn(20)
+    monkeypatch.setitem(_fastops._state, "fn", None)                   # no kernel: torch
+    assert torch.equal(_fastops.tanh_(x.clone()), torch.tanh(x))
+    strided = torch.randn(6, 4).t()
+    assert torch.equal(_fastops.tanh_(strided.clone()), torch.tanh(strided))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.uint8])
+def test_gather_rows_equals_indexing(dtype):
+    gen = torch.Generator().manual_seed(0)
+    src = (torch.rand(500, 3, 70, generator=gen) * 100).to(dtype)
+    idx = torch.randint(0, 500, (4, 33), generator=gen)
+    got = _fastops.gather_rows(src, idx)
+    assert got.shape == (4, 33, 3, 70) and torch.equal(got, src[idx])
+    big = torch.randint(0, 500, (3000,), generator=gen)      # large enough to use several threads
+    assert torch.equal(_fastops.gather_rows(src, big), src[big])
+
+
+def test_gather_rows_rejects_out_of_range():
+    src = torch.zeros(5, 20000)                 # rows large enough for the compiled path
+    with pytest.raises(IndexError):
+        _fastops.gather_rows(src, torch.tensor([0, 5, 1, 2]))
+    with pytest.raises(IndexError):
+        _fastops.gather_rows(src, torch.tensor([-1, 0, 1, 2]))
