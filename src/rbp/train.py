@@ -31,7 +31,9 @@ from .errors import ConfigError
 from .diagnostics import Settling, alignment, model_alignment
 from .models import cifar_convnet, mlp
 from .nn.convert import convert
+from .nn import _sparse
 from .nn._fastops import gather_rows
+from .nn.layers import use_sparse_input
 from .nn.fused import FusedNetwork, softmax_xent_grad
 from .optim import KerasSGD
 
@@ -195,6 +197,13 @@ class _Stepper:
         return self.model(x)
 
 
+def sparse_inputs(x: torch.Tensor) -> bool:
+    """Whether the first layer should use the zero-skipping kernels for inputs like ``x``."""
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() > 0
+            and _sparse.load() is not None
+            and torch.count_nonzero(x).item() <= _sparse.DENSITY_LIMIT * x.numel())
+
+
 def _stats(logits, y):
     """Summed cross-entropy and number correct, per network (last dim classes)."""
     logp = torch.log_softmax(logits, dim=-1)
@@ -263,6 +272,9 @@ class Trainer:
         self.x_test, self.y_test = ds.x_test.to(dev), ds.y_test.to(dev)
         self.K = len(self.seeds) if len(self.seeds) > 1 else None
         self.model = build(spec, self.seeds, ds.input_dim, ds.num_classes, self.image_shape, members)
+        self.sparse_input = not conv and sparse_inputs(self.x_train)
+        if self.sparse_input:       # mostly-zero inputs (MNIST): the first layer skips them
+            use_sparse_input(self.model)
         self.stepper = _Stepper(self.model, spec.driver)
         self.opt = KerasSGD([p for p in self.model.parameters() if p.requires_grad], lr=spec.lr,
                             decay=spec.decay, momentum=spec.momentum)
