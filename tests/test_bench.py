@@ -23,3 +23,14 @@ def test_bench_reports_ratios(capsys):
         assert out[key] > 0
     assert set(out["results"]) == {"reference", "rbp", "rbpx2", "srbp", "srbpx2"}
     assert out["results"]["rbpx2"]["ensemble"] == 2
+    assert out["data"] == "synthetic"
+
+
+def test_bench_on_real_mnist_or_one_clear_line(capsys):
+    code = main(["bench", "--steps", "1", "--repeats", "1", "--ensembles", "", "--algorithms", "rbp",
+                 "--json", "--quiet", "--data", "mnist"])
+    captured = capsys.readouterr()
+    if code == 0:
+        assert json.loads(captured.out.strip().splitlines()[-1])["data"] == "mnist"
+    else:                               # no MNIST files here: one line, no traceback
+        assert code != 0 and "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1
