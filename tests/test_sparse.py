@@ -102,3 +102,12 @@ def test_use_sparse_input_needs_a_linear_layer():
         use_sparse_input(rbp.mlp([10, 5, 3], "tanh", seed=0))          # plain torch layers: convert first
     model = rbp.convert(rbp.mlp([10, 5, 3], "tanh", seed=0), "rbp", seed=0)
     assert use_sparse_input(model) is model[0] and model[0].sparse_input
+
+
+def test_mismatched_shapes_fall_back_to_the_dense_error():
+    assert _sparse.affine(_sparse_x(3, 15), torch.randn(4, 16), None, False) is None
+    assert _sparse.grad_weight(torch.randn(3, 4), _sparse_x(5, 16)) is None
+    model = rbp.convert(rbp.mlp([16, 4, 3], "tanh", seed=0), "rbp", seed=0)
+    use_sparse_input(model)
+    with pytest.raises(RuntimeError):
+        model(_sparse_x(2, 15))

@@ -305,6 +305,8 @@ def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ens
         return None
     K = weight.shape[0] if ensemble else 1
     O, I = weight.shape[-2], weight.shape[-1]
+    if x.dim() == 0 or x.shape[-1] != I or weight.dim() != (3 if ensemble else 2) or x.numel() % (K * I):
+        return None                     # let the dense product report the mismatch
     x3 = x.reshape(K, -1, I).contiguous()
     w = weight.contiguous()
     b = None if bias is None else bias.contiguous()
@@ -324,6 +326,8 @@ def grad_weight(g2: torch.Tensor, x2: torch.Tensor):
     lib = load()
     if lib is None or not applicable(g2, x2):
         return None
+    if g2.shape[:-1] != x2.shape[:-1] or g2.dim() not in (2, 3):
+        return None                     # let the dense product report the mismatch
     lead = g2.shape[:-2]
     K = lead[0] if lead else 1
     N, O, I = g2.shape[-2], g2.shape[-1], x2.shape[-1]
