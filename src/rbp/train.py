@@ -421,7 +421,7 @@ def ensemble_capacity(spec: TrainSpec, input_dim: int, num_classes: int, memory:
 
     Per network: the parameters with their feedback, gradients and velocities
     (x4), the activations of a minibatch kept for the learning channel, and the
-    per-example update tensors of the quantized-update operator (formed in chunks).
+    chunk of per-example update tensors of the quantized-update operator.
     Conv models train one at a time on CPU (grouped convolutions do not pay there);
     elsewhere they need the image shape ``input_shape``; their activations are every
     map of the forward pass, counted four times (kept, signal, and the
@@ -442,7 +442,9 @@ def ensemble_capacity(spec: TrainSpec, input_dim: int, num_classes: int, memory:
     params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
     per_net = 4 * (4 * params + 4 * spec.batch_size * sum(sizes))
     if spec.algorithm.quantize_update:
-        per_net += 4 * spec.batch_size * max(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        # the PyTorch path forms each network's per-example updates a few examples at a time (at
+        # least one layer-sized tensor and two temporaries); the compiled kernel forms none
+        per_net += 4 * 3 * max(a * b for a, b in zip(sizes[:-1], sizes[1:]))
     return max(1, int(memory // 2 // per_net))
 
 
