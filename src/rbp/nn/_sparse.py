@@ -87,6 +87,8 @@ static inline float hsum(v8 a) {
         for (int o = 0; o < TO; ++o) { s0[o] = hsum(a0[o]); s1[o] = hsum(a1[o]); }       \
     }
 FWD(1) FWD(2) FWD(3) FWD(4) FWD(5) FWD(6)
+typedef void (*fwd_fn)(int, const int *, const float *, const float *, const float *, long, float *, float *);
+static const fwd_fn FWD_BY_WIDTH[7] = {0, fwd1, fwd2, fwd3, fwd4, fwd5, fwd6};
 
 /*
  * out[k, n, o] = bias[k, o] + sum_i x[k, n, i] w[k, o, i]
@@ -155,14 +157,7 @@ void rbp_sparse_affine(int K, int N, int I, int O, const float *x, const float *
                 const float *r1 = n + 1 < N ? r0 + ldx : r0;
                 const int cnt = counts[k * pairs + q];
                 const int *l = lists + (k * pairs + q) * (J / 8);
-                switch (to) {
-                    case 1: fwd1(cnt, l, r0, r1, wk, ldw, s0, s1); break;
-                    case 2: fwd2(cnt, l, r0, r1, wk, ldw, s0, s1); break;
-                    case 3: fwd3(cnt, l, r0, r1, wk, ldw, s0, s1); break;
-                    case 4: fwd4(cnt, l, r0, r1, wk, ldw, s0, s1); break;
-                    case 5: fwd5(cnt, l, r0, r1, wk, ldw, s0, s1); break;
-                    default: fwd6(cnt, l, r0, r1, wk, ldw, s0, s1); break;
-                }
+                FWD_BY_WIDTH[to](cnt, l, r0, r1, wk, ldw, s0, s1);
                 float *d0 = out + (k * N + n) * O + o0;
                 for (int o = 0; o < to; ++o) d0[o] = bk ? bk[o] + s0[o] : s0[o];
                 if (n + 1 < N)
@@ -190,6 +185,8 @@ void rbp_sparse_affine(int K, int N, int I, int O, const float *x, const float *
         for (int o = 0; o < TO; ++o) *(v8 *)(dst + o * ldd) = a[o];                      \
     }
 GRD(1) GRD(2) GRD(3) GRD(4) GRD(5) GRD(6) GRD(7) GRD(8) GRD(9) GRD(10) GRD(11) GRD(12)
+typedef void (*grd_fn)(int, const int *, const float *, long, const float *, long, float *, long);
+static const grd_fn GRD_BY_WIDTH[13] = {0, grd1, grd2, grd3, grd4, grd5, grd6, grd7, grd8, grd9, grd10, grd11, grd12};
 
 /*
  * gw[k, o, i] = sum_n g[k, n, o] x[k, n, i]
@@ -232,20 +229,7 @@ void rbp_sparse_grad_weight(int K, int N, int I, int O, const float *x, const fl
                 const int to = O - o0 < 12 ? O - o0 : 12;
                 const float *go = gk + o0;
                 float *d = width == 8 ? dst + (long)o0 * I : acc;
-                switch (to) {
-                    case 1: grd1(cnt, ex, xs, ldx, go, O, d, ldd); break;
-                    case 2: grd2(cnt, ex, xs, ldx, go, O, d, ldd); break;
-                    case 3: grd3(cnt, ex, xs, ldx, go, O, d, ldd); break;
-                    case 4: grd4(cnt, ex, xs, ldx, go, O, d, ldd); break;
-                    case 5: grd5(cnt, ex, xs, ldx, go, O, d, ldd); break;
-                    case 6: grd6(cnt, ex, xs, ldx, go, O, d, ldd); break;
-                    case 7: grd7(cnt, ex, xs, ldx, go, O, d, ldd); break;
-                    case 8: grd8(cnt, ex, xs, ldx, go, O, d, ldd); break;
-                    case 9: grd9(cnt, ex, xs, ldx, go, O, d, ldd); break;
-                    case 10: grd10(cnt, ex, xs, ldx, go, O, d, ldd); break;
-                    case 11: grd11(cnt, ex, xs, ldx, go, O, d, ldd); break;
-                    default: grd12(cnt, ex, xs, ldx, go, O, d, ldd); break;
-                }
+                GRD_BY_WIDTH[to](cnt, ex, xs, ldx, go, O, d, ldd);
                 if (width < 8)
                     for (int o = 0; o < to; ++o)
                         for (int j = 0; j < width; ++j) gw[((long)k * O + o0 + o) * I + i0 + j] = acc[8 * o + j];
