@@ -119,17 +119,10 @@ _state: dict = {}
 def load():
     """The compiled tanh, or ``None`` (no compiler, or kernels disabled); loads the gather too."""
     if "fn" not in _state:
-        lib = _native.library("fastops", _SOURCE)
-        fn = gather = None
-        if lib is not None:
-            fn = lib.rbp_tanh_
-            fn.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_int]
-            fn.restype = None
-            gather = lib.rbp_gather_rows
-            gather.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p,
-                               ctypes.c_int]
-            gather.restype = None
-        _state["fn"], _state["gather"] = fn, gather
+        p, i, n = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+        fns = _native.functions("fastops", _SOURCE, {"rbp_tanh_": ([n, p, i], None),
+                                                     "rbp_gather_rows": ([n, p, p, n, p, i], None)})
+        _state["fn"], _state["gather"] = (None, None) if fns is None else (fns["rbp_tanh_"], fns["rbp_gather_rows"])
     return _state["fn"]
 
 

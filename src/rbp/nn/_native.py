@@ -24,6 +24,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+import torch
+
 _lock = threading.Lock()
 _libraries: dict = {}
 
@@ -78,3 +80,23 @@ def library(name: str, source: str):
                 lib = None
         _libraries[name] = lib
         return lib
+
+
+def functions(name: str, source: str, signatures: dict):
+    """The compiled ``source``'s functions ``{symbol: (argtypes, restype)}`` with their ctypes
+    signatures set, as a dict, or ``None`` where the library cannot be had."""
+    lib = library(name, source)
+    if lib is None:
+        return None
+    out = {}
+    for symbol, (argtypes, restype) in signatures.items():
+        fn = getattr(lib, symbol)
+        fn.argtypes, fn.restype = list(argtypes), restype
+        out[symbol] = fn
+    return out
+
+
+def applicable(*tensors) -> bool:
+    """The kernels serve float32 CPU tensors outside autograd (``None`` entries are ignored)."""
+    return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad)
+               for t in tensors)

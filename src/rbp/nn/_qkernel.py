@@ -399,20 +399,14 @@ _PATHS = {"auto": 0, "portable": 1, "outputs": 2, "inputs": 3}
 def load():
     """The compiled function, or ``None`` where it cannot be had (then use PyTorch)."""
     if "fn" not in _state:
-        lib = _native.library("qkernel", _SOURCE)
-        fn = None
-        if lib is not None:
-            fn = lib.rbp_quantized_outer_sum
-            p = ctypes.c_void_p
-            fn.argtypes = [ctypes.c_int] * 4 + [p] * 4 + [ctypes.c_float, p, ctypes.c_int, ctypes.c_int]
-            fn.restype = ctypes.c_int
-        _state["fn"] = fn
+        p, i = ctypes.c_void_p, ctypes.c_int
+        fns = _native.functions("qkernel", _SOURCE, {
+            "rbp_quantized_outer_sum": ([i] * 4 + [p] * 4 + [ctypes.c_float, p, i, i], ctypes.c_int)})
+        _state["fn"] = None if fns is None else fns["rbp_quantized_outer_sum"]
     return _state["fn"]
 
 
-def applicable(*tensors: torch.Tensor) -> bool:
-    """The kernel serves float32 CPU tensors outside autograd."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad for t in tensors)
+applicable = _native.applicable
 
 
 def quantized_outer_sum(lg, sg, lx, sx, lo: float, *, path: str = "auto") -> torch.Tensor | None:

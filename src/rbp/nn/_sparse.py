@@ -245,23 +245,16 @@ _state: dict = {}
 
 
 def load():
-    """The compiled library, or ``None`` where it cannot be had (then the dense products are used)."""
+    """The compiled kernels (a dict), or ``None`` where they cannot be had (then the dense products are used)."""
     if "lib" not in _state:
-        lib = _native.library("sparse", _SOURCE)
-        if lib is not None:
-            p, i = ctypes.c_void_p, ctypes.c_int
-            lib.rbp_sparse_affine.argtypes = [i, i, i, i, p, p, p, p, p, i]
-            lib.rbp_sparse_affine.restype = None
-            lib.rbp_sparse_grad_weight.argtypes = [i, i, i, i, p, p, p, i]
-            lib.rbp_sparse_grad_weight.restype = None
-        _state["lib"] = lib
+        p, i = ctypes.c_void_p, ctypes.c_int
+        _state["lib"] = _native.functions("sparse", _SOURCE, {
+            "rbp_sparse_affine": ([i, i, i, i, p, p, p, p, p, i], None),
+            "rbp_sparse_grad_weight": ([i, i, i, i, p, p, p, i], None)})
     return _state["lib"]
 
 
-def applicable(*tensors) -> bool:
-    """The kernels serve float32 CPU tensors outside autograd (``None`` entries are ignored)."""
-    return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad)
-               for t in tensors)
+applicable = _native.applicable
 
 
 _local = threading.local()
@@ -297,7 +290,7 @@ def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ens
     N = x3.shape[1]
     out = torch.empty(K, N, O, dtype=torch.float32)
     scratch = _scratch(K * (N + 1) * (-(-I // 8) * 8) if I % 8 else 1)
-    lib.rbp_sparse_affine(K, N, I, O, x3.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(),
+    lib["rbp_sparse_affine"](K, N, I, O, x3.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(),
                           out.data_ptr(), scratch.data_ptr(), _threads())
     return out.view(*x.shape[:-1], O)
 
@@ -317,5 +310,5 @@ def grad_weight(g2: torch.Tensor, x2: torch.Tensor):
     N, O, I = g2.shape[-2], g2.shape[-1], x2.shape[-1]
     g3, x3 = g2.reshape(K, N, O).contiguous(), x2.reshape(K, N, I).contiguous()
     gw = torch.empty(*lead, O, I, dtype=torch.float32)
-    lib.rbp_sparse_grad_weight(K, N, I, O, x3.data_ptr(), g3.data_ptr(), gw.data_ptr(), _threads())
+    lib["rbp_sparse_grad_weight"](K, N, I, O, x3.data_ptr(), g3.data_ptr(), gw.data_ptr(), _threads())
     return gw
