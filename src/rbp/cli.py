@@ -82,8 +82,8 @@ def _cmd_train(args) -> int:
     seeds = list(range(args.seed, args.seed + args.seeds))
     n_steps = -(-ds.n_train // spec.batch_size) * spec.epochs * (1 if not args.no_ensemble else len(seeds))
 
-    from tqdm import tqdm
-    bar = tqdm(total=n_steps, unit="step", disable=args.quiet or None, leave=False, file=sys.stderr)
+    from ._optional import progress_bar
+    bar = progress_bar(total=n_steps, unit="step", disable=args.quiet or None, leave=False, file=sys.stderr)
     per_epoch: dict[int, list] = {}
 
     def on_epoch(records):

@@ -8,8 +8,9 @@ torchvision is deliberately not used; the file formats are parsed here.
 Sources
 -------
 ``digits``
-    scikit-learn's bundled 8x8 digits (1797 images, pixel values 0..16,
-    divided by 16).  The split is fixed: the indices are shuffled with
+    the 8x8 digits of the UCI optdigits test set (1797 images, pixel values
+    0..16, divided by 16), shipped with rbp (``rbp/bundled/digits.csv.gz``,
+    CC BY 4.0; the same file scikit-learn bundles).  The split is fixed: the indices are shuffled with
     ``numpy.random.RandomState(0).permutation(1797)`` (the legacy generator,
     whose stream NumPy keeps stable across versions); the first 1500 are the
     training set, the remaining 297 the test set.  It is not stratified.
@@ -437,16 +438,28 @@ def _stat_key(path: Path) -> tuple[str, int, int]:
 # =============================================================================
 
 
+_DIGITS_FILE = "digits.csv.gz"
+_DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
+
+
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray, str]:
-    from sklearn.datasets import load_digits
+    """The bundled UCI optdigits test set (rbp/bundled/digits.csv.gz: 64 pixels then the label per line)."""
+    from importlib import resources
 
-    bunch = load_digits()
-    images = np.asarray(bunch.images)
-    if images.shape != (1797, 8, 8) or images.min() < 0 or images.max() > 16:
-        raise DataError(f"digits: unexpected data from scikit-learn (shape {images.shape})")
-    pixels = images.astype(np.uint8)
-    labels = np.asarray(bunch.target).astype("<i8")
+    try:
+        raw = (resources.files("rbp") / "bundled" / _DIGITS_FILE).read_bytes()
+    except OSError as e:
+        raise DataError(f"digits: the bundled file rbp/bundled/{_DIGITS_FILE} cannot be read ({e}); "
+                        "reinstall rbp") from None
+    if hashlib.sha256(raw).hexdigest() != _DIGITS_SHA256:
+        raise DataError(f"digits: the bundled file rbp/bundled/{_DIGITS_FILE} is corrupt (SHA-256 mismatch); "
+                        "reinstall rbp")
+    table = np.loadtxt(io.StringIO(gzip.decompress(raw).decode("ascii")), delimiter=",", dtype=np.int64)
+    if table.shape != (1797, 65) or table[:, :64].min() < 0 or table[:, :64].max() > 16:
+        raise DataError(f"digits: unexpected data in rbp/bundled/{_DIGITS_FILE} (shape {table.shape})")
+    pixels = np.ascontiguousarray(table[:, :64].reshape(-1, 8, 8).astype(np.uint8))
+    labels = np.ascontiguousarray(table[:, 64].astype("<i8"))
     digest = hashlib.sha256(pixels.tobytes() + labels.tobytes()).hexdigest()
     pixels.flags.writeable = False
     labels.flags.writeable = False
@@ -467,7 +480,7 @@ def _load_digits() -> Dataset:
         y_test=y[test].contiguous(),
         input_shape=(1, 8, 8),
         num_classes=_NUM_CLASSES,
-        checksums={"sklearn.datasets.load_digits": digest},
+        checksums={"digits (UCI optdigits test set, arrays)": digest},
     )
 
 

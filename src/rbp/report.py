@@ -340,7 +340,9 @@ def _cost_text(s, dataset):
 
 def write_report(directory, out=None) -> dict:
     """Write report.md, figures/ and results.csv for the result store ``directory``; returns a summary."""
+    from ._optional import require
     from .experiments.store import rows_of
+    require("matplotlib", "rbp report (its figures)")
     exp, summaries, missing, problems = summarize(directory)
     import warnings
     for p in problems:

@@ -109,8 +109,8 @@ def run(experiment, out, epochs: int | None = None, seeds: int | None = None, de
     ds = datasets.load(exp.dataset, data_dir=data_dir)
     store.bind(exp)
     total = sum(len(m) * spec.epochs * math.ceil(ds.n_train / spec.batch_size) for _, spec, m in todo)
-    from tqdm import tqdm
-    bar = tqdm(total=total, unit="step", unit_scale=True, disable=None if progress else True,
+    from .._optional import progress_bar
+    bar = progress_bar(total=total, unit="step", unit_scale=True, disable=None if progress else True,
                file=sys.stderr, dynamic_ncols=True, smoothing=0.05,
                bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} left")
     if log is None:

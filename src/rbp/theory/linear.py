@@ -28,9 +28,15 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy.integrate import solve_ivp
 
+from .._optional import require
 from ..errors import ConfigError
+
+
+def solve_ivp(*args, **kwargs):
+    """scipy.integrate.solve_ivp, imported when first needed (scipy is the ``theory`` extra)."""
+    return require("scipy.integrate", "the theory workbench").solve_ivp(*args, **kwargs)
+
 
 __all__ = [
     "Trajectory",

@@ -31,10 +31,16 @@ import math
 
 import numpy as np
 from numpy.polynomial import Polynomial
-from scipy.optimize import brentq
 
+from .._optional import require
 from ..errors import ConfigError
 from .linear import chain_feedback
+
+
+def brentq(*args, **kwargs):
+    """scipy.optimize.brentq, imported when first needed (scipy is the ``theory`` extra)."""
+    return require("scipy.optimize", "the theory workbench").brentq(*args, **kwargs)
+
 
 __all__ = [
     "real_roots",
