@@ -5,12 +5,12 @@
 >>> # train with any torch.optim optimizer: .grad holds SRBP's direction
 """
 
+__version__ = "0.1.0"      # the one place the version is written (pyproject.toml reads it)
+
 from .channel import ALGORITHMS, DESCRIPTIONS, Algorithm, algorithm, quantize
 from .errors import ConfigError, DataError, RBPError, UnsupportedModelError
 from .models import mlp
 from .nn import FeedbackLinear, convert
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ALGORITHMS", "DESCRIPTIONS", "Algorithm", "algorithm", "quantize", "convert", "mlp",

@@ -62,24 +62,44 @@ def algorithm_from_args(args):
                      dropout=args.lc_dropout, update=args.update, adapt_rate=args.adapt_rate)
 
 
-def _cmd_train(args) -> int:
-    from .data import DATASETS, load
-    from .results import write_run_dir
-    from .train import TrainSpec, train
+def train_spec_from_args(args):
+    """The TrainSpec of `rbp train`: the dataset's paper protocol (rbp.protocols), then the flags given."""
+    from .data import DATASETS
+    from .train import TrainSpec
 
-    alg = algorithm_from_args(args)
     if args.dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}")
+    return TrainSpec.paper(args.dataset, algorithm=algorithm_from_args(args), hidden=args.hidden,
+                           activation=args.activation, epochs=args.epochs, batch_size=args.batch_size,
+                           lr=args.lr, decay=args.decay, momentum=args.momentum, device=args.device,
+                           driver=args.driver, frozen=args.freeze, model=args.model,
+                           augment=args.augment).validate()
+
+
+def _cmd_train(args) -> int:
+    from . import paths
+    from .data import load
+    from .train import train
+
+    spec = train_spec_from_args(args)
+    alg = spec.algorithm
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
-    spec = TrainSpec(dataset=args.dataset, algorithm=alg, hidden=args.hidden, activation=args.activation,
-                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, decay=args.decay,
-                     momentum=args.momentum, device=args.device, driver=args.driver,
-                     frozen=args.freeze, model=args.model, augment=args.augment).validate()
-    if args.out and os.path.exists(args.out) and os.listdir(args.out):
-        raise ConfigError(f"output directory {args.out} exists and is not empty; choose another --out")
-    ds = load(args.dataset, data_dir=args.data_dir)
     seeds = list(range(args.seed, args.seed + args.seeds))
+    if args.data_dir is not None:
+        paths.input_dir(args.data_dir, "--data-dir")
+    experiment, existed = None, True
+    if args.out:
+        from .experiments.experiment import from_spec
+        experiment = from_spec(spec, seeds)
+        existed = os.path.isdir(args.out)
+        paths.output_dir(args.out, "--out", empty=True)
+    try:
+        ds = load(args.dataset, data_dir=args.data_dir)
+    except BaseException:
+        if not existed and not os.listdir(args.out):
+            os.rmdir(args.out)         # nothing trained: leave no trace
+        raise
     n_steps = -(-ds.n_train // spec.batch_size) * spec.epochs * (1 if not args.no_ensemble else len(seeds))
 
     from ._optional import progress_bar
@@ -115,7 +135,7 @@ def _cmd_train(args) -> int:
                      for r in finals],
     }
     if args.out:
-        write_run_dir(args.out, spec, seeds, histories, summary, ds.checksums)
+        summary["out"] = str(_store_runs(args.out, experiment, spec, histories, ds.checksums))
     if args.json:
         print(json.dumps(summary))
     else:
@@ -124,6 +144,24 @@ def _cmd_train(args) -> int:
               + f", train accuracy {summary['train_accuracy']:.4f}, {len(seeds)} seed(s), "
                 f"{spec.epochs} epochs, {summary['seconds']:.1f} s")
     return 0
+
+
+def _store_runs(out, experiment, spec, histories, checksums):
+    """Write the runs of `rbp train` as a result store (the format of `rbp run`; `rbp report` reads it)."""
+    from .experiments.store import Store
+    store = Store(out)
+    store.bind(experiment)
+    config = experiment.configs[0]
+    i = 0
+    while i < len(histories):            # train() trains consecutive seeds together, as ensembles
+        size = max(1, int(histories[i][0].ensemble)) if histories[i] else 1
+        group = histories[i:i + size]
+        ensemble = [h[0].seed for h in group if h]
+        for h in group:
+            if h:
+                store.write(experiment, config, h[0].seed, spec, h, ensemble, checksums)
+        i += size
+    return store.root
 
 
 def _cmd_algorithms(args) -> int:
@@ -141,24 +179,27 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train networks with an algorithm of the RBP family")
     t.add_argument("--dataset", "-d", default="digits", help="digits (bundled), mnist, fashion-mnist, cifar10")
     add_algorithm_options(t)
-    g = t.add_argument_group("protocol (defaults: paper 1's MNIST protocol)")
-    g.add_argument("--epochs", type=int, default=100)
+    g = t.add_argument_group("protocol (defaults: the dataset's paper protocol, rbp.protocols: MNIST's "
+                             "(tanh 784-100-100-100-100-10, SGD lr 0.1, batch 100) or, for cifar10, "
+                             "the conv net's (momentum 0.9, lr 0.01, batch 128, augmentation); 100 epochs)")
+    g.add_argument("--epochs", type=int, default=None)
     g.add_argument("--seeds", type=int, default=1, help="number of networks (seeds SEED, SEED+1, ...)")
     g.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    g.add_argument("--batch-size", type=int, default=100)
-    g.add_argument("--lr", type=float, default=0.1)
-    g.add_argument("--decay", type=float, default=1e-6, help="lr_t = lr / (1 + decay * t)")
-    g.add_argument("--momentum", type=float, default=0.0)
-    g.add_argument("--hidden", type=_int_list, default=(100, 100, 100, 100), help="hidden sizes, e.g. 100,100")
-    g.add_argument("--activation", default="tanh", help="tanh, relu, logistic or linear")
-    g.add_argument("--freeze", type=_int_list, default=(), help="1-based weight layers kept fixed, e.g. 1,2")
-    g.add_argument("--model", default="mlp", help="mlp (default) or convnet (paper 1's CIFAR-10 network)")
-    g.add_argument("--augment", action="store_true",
-                   help="random translations up to 10 %% and horizontal flips (the CIFAR-10 protocol)")
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--decay", type=float, default=None, help="lr_t = lr / (1 + decay * t)")
+    g.add_argument("--momentum", type=float, default=None)
+    g.add_argument("--hidden", type=_int_list, default=None, help="hidden sizes of an mlp, e.g. 100,100")
+    g.add_argument("--activation", default=None, help="tanh, relu, logistic or linear")
+    g.add_argument("--freeze", type=_int_list, default=None, help="1-based weight layers kept fixed, e.g. 1,2")
+    g.add_argument("--model", default=None, help="mlp or convnet (paper 1's CIFAR-10 network)")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random translations up to 10 %% and horizontal flips (on in the CIFAR-10 protocol)")
     r = t.add_argument_group("running")
     r.add_argument("--device", default="cpu", help="cpu or cuda")
     r.add_argument("--data-dir", default=None, help="where the datasets are (else $RBP_DATA_DIR, the cache)")
-    r.add_argument("--out", default=None, help="directory for results (must not exist or be empty)")
+    r.add_argument("--out", default=None, help="result store folder, as `rbp run` writes and `rbp report` reads "
+                                               "(must not exist or be empty)")
     r.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-epoch lines")
     r.add_argument("--no-ensemble", action="store_true", help="train the seeds one after another")

@@ -57,7 +57,6 @@ import pickle
 import re
 import struct
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -67,6 +66,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .results import atomic_path
 from .errors import ConfigError, DataError
 
 __all__ = [
@@ -329,6 +329,10 @@ def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+class _DigestMismatch(Exception):
+    """A download whose digest is wrong (the message is the digest it had)."""
+
+
 def _download(urls: tuple[str, ...], dest: Path, algorithm: str, expected: str) -> None:
     """Fetch ``dest`` from the first of ``urls`` that delivers the right bytes.
 
@@ -337,33 +341,30 @@ def _download(urls: tuple[str, ...], dest: Path, algorithm: str, expected: str) 
     DataError (one line, all attempts listed) when no URL works.
     """
     failures: list[str] = []
+    if not os.access(dest.parent, os.W_OK):
+        raise DataError(f"cannot write to {dest.parent}: permission denied")
     for url in urls:
-        try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        except OSError as exc:
-            raise DataError(f"cannot write to {dest.parent}: {_describe_error(exc)}") from exc
-        tmp = Path(tmp_name)
         digest = hashlib.new(algorithm, usedforsecurity=False)
         try:
-            with os.fdopen(fd, "wb") as out, _open_url(url) as response:
-                while True:
-                    chunk = response.read(_CHUNK)
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    out.write(chunk)
-        except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError is an OSError
-            tmp.unlink(missing_ok=True)
-            failures.append(f"{url}: {_describe_error(exc)}")
-            continue
-        got = digest.hexdigest()
-        if got != expected:
-            tmp.unlink(missing_ok=True)
+            with atomic_path(dest, suffix=".part") as tmp:     # renamed onto dest only if the digest matches
+                with open(tmp, "wb") as out, _open_url(url) as response:
+                    while True:
+                        chunk = response.read(_CHUNK)
+                        if not chunk:
+                            break
+                        digest.update(chunk)
+                        out.write(chunk)
+                got = digest.hexdigest()
+                if got != expected:
+                    raise _DigestMismatch(got)
+        except _DigestMismatch as e:
             failures.append(
-                f"{url}: {algorithm.upper()} mismatch (expected {expected}, got {got}); download deleted"
+                f"{url}: {algorithm.upper()} mismatch (expected {expected}, got {e}); download deleted"
             )
             continue
-        os.replace(tmp, dest)
+        except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError is an OSError
+            failures.append(f"{url}: {_describe_error(exc)}")
+            continue
         return
     raise DataError(f"could not download {dest.name}: " + "; ".join(failures))
 
@@ -837,18 +838,12 @@ def _extract_cifar(archive: Path, batches_dir: Path) -> None:
                 src = tar.extractfile(member)
                 if src is None:
                     continue
-                fd, tmp_name = tempfile.mkstemp(prefix=f".{target}.", suffix=".part", dir=batches_dir)
-                try:
-                    with os.fdopen(fd, "wb") as out:
-                        while True:
-                            chunk = src.read(_CHUNK)
-                            if not chunk:
-                                break
-                            out.write(chunk)
-                    os.replace(tmp_name, batches_dir / target)
-                except BaseException:
-                    Path(tmp_name).unlink(missing_ok=True)
-                    raise
+                with atomic_path(batches_dir / target, suffix=".part") as tmp, open(tmp, "wb") as out:
+                    while True:
+                        chunk = src.read(_CHUNK)
+                        if not chunk:
+                            break
+                        out.write(chunk)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{archive}: cannot unpack ({_describe_error(exc)})") from exc
 

@@ -35,6 +35,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .errors import ConfigError
+from .results import atomic_file, atomic_path, atomic_write
 
 _ALIGN = re.compile(r"^(signal_angle|update_angle|feedback_angle|feedback_norm_ratio)_(\d+)$")
 _ALIGN_TITLES = {"signal_angle": "signal angle to BP's delta (deg)",
@@ -204,7 +205,8 @@ def accuracy_figure(path, title, summaries):
         handles.append(h)
         labels.append(l)
     fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -237,7 +239,8 @@ def alignment_figure(path, title, summaries):
             a.grid(alpha=0.3)
     _shared_legend(fig, ax)
     fig.suptitle(f"{title}: alignment with backpropagation (mean over seeds; 90° = chance, dashed)", fontsize=11)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -288,7 +291,8 @@ def settling_figure(path, title, summaries):
     _shared_legend(fig, ax)
     fig.suptitle(f"{title}: do the learning equations settle? relative change of each matrix over one epoch "
                  "(mean over seeds; falling = settling)", fontsize=10)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -312,7 +316,8 @@ def overview_figure(path, title, summaries):
     a.grid(axis="x", alpha=0.3)
     fig.legend(fontsize=8, loc="outside lower center", ncol=2, frameon=False)
     a.set_title(f"{title}: ours against the paper", fontsize=11)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -467,12 +472,12 @@ def write_report(directory, out=None) -> dict:
     if problems:
         L.append("\nUnreadable run files (skipped):\n" + "\n".join(f"- {p}" for p in problems))
     report = out / "report.md"
-    report.write_text("\n".join(L) + "\n", encoding="utf-8")
+    atomic_write(report, "\n".join(L) + "\n")
 
     rows = [r for s in summaries for d in s.docs for r in rows_of(d)]
     if rows:
         names = list(dict.fromkeys(k for r in rows for k in r))
-        with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
+        with atomic_file(out / "results.csv", "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=names)
             w.writeheader()
             w.writerows(rows)

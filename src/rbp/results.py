@@ -1,25 +1,28 @@
-"""Writing results to disk so that they are never half-written.
+"""Writing files so that they are never half-written, and what every result records about its origin.
 
-A run directory is assembled in a temporary sibling folder and renamed into
-place in one step: an interrupted command leaves either nothing or a complete
-directory.
+Every file the package writes (result stores, reports and their figures, the
+theory workbench's data and figures, downloaded and unpacked datasets) goes
+through :func:`atomic_file` / :func:`atomic_path` / :func:`atomic_write`: the
+bytes are written to a temporary file in the destination's folder, flushed to
+disk and renamed onto the destination in one step (``os.replace``), so a reader
+sees the old file or the complete new one, never a part, and a writer killed at
+any moment leaves at most a temporary ``.NAME.*.tmp`` file behind.
+
+``rbp train --out`` and ``rbp run`` write the same result store
+(:mod:`rbp.experiments.store`), with the provenance of :func:`provenance`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
+import contextlib
 import os
 import platform
-import shutil
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from . import __version__
-from .errors import ConfigError
 
 
 def provenance(checksums: dict | None = None) -> dict:
@@ -33,35 +36,56 @@ def provenance(checksums: dict | None = None) -> dict:
     }
 
 
-def write_run_dir(out, spec, seeds, histories, summary, checksums=None):
-    """Write config.json, history.csv and summary.json to ``out`` atomically."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"output directory {out} exists and is not empty")
-    parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+def _sync_folder(folder: Path):
+    try:  # make the rename itself durable
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # pragma: no cover - Windows and some filesystems refuse a folder fsync
+        pass
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix: str | None = None):
+    """Yield a temporary path beside ``path``; once the block completes, it replaces ``path``.
+
+    For writers that want a file name (``Figure.savefig``).  The temporary name
+    keeps ``path``'s suffix (or ``suffix``) so such writers pick the right format.
+    On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + (suffix if suffix is not None
+                                                                          else path.suffix), dir=path.parent)
+    os.close(fd)
     try:
-        config = {k: v for k, v in asdict(spec).items() if k != "algorithm"}
-        config["algorithm"] = spec.algorithm.name
-        config["algorithm_options"] = spec.algorithm.options()
-        config["seeds"] = list(seeds)
-        config["provenance"] = provenance(checksums)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=list) + "\n")
-        rows = [r.as_dict() for h in histories for r in h]
-        names = list(dict.fromkeys(k for r in rows for k in r))
-        with open(tmp / "history.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=names)
-            w.writeheader()
-            w.writerows(rows)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
-    return out
+    _sync_folder(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_file(path, mode: str = "w", **open_kwargs):
+    """Yield an open file (``mode`` "w" or "wb") whose content replaces ``path`` once the block completes."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_file writes whole files: mode 'w' or 'wb', not {mode!r}")
+    if mode == "w":
+        open_kwargs.setdefault("encoding", "utf-8")
+    with atomic_path(path, suffix="") as tmp:
+        with open(tmp, mode, **open_kwargs) as fh:
+            yield fh
+            fh.flush()
+
+
+def atomic_write(path, data: str | bytes):
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically."""
+    with atomic_file(path, "wb") as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)

@@ -36,8 +36,9 @@ from .nn._fastops import gather_rows
 from .nn.layers import use_sparse_input
 from .nn.fused import FusedNetwork, softmax_xent_grad
 from .optim import KerasSGD
+from .protocols import DEFAULT_DATASET, MNIST, protocol as paper_protocol
 
-PAPER_HIDDEN = (100, 100, 100, 100)
+PAPER_HIDDEN = MNIST.hidden
 
 # Network families a TrainSpec can name: "mlp" (sizes from ``hidden``) or paper 1's CIFAR-10
 # convolutional network (rbp.models.cifar_convnet; ``hidden`` is not used).
@@ -49,22 +50,36 @@ CONV_PROBE = 256           # examples in the alignment probe batch of a conv net
 
 @dataclass
 class TrainSpec:
-    """Everything that defines a training run except the seed."""
+    """Everything that defines a training run except the seed.
 
-    dataset: str = "digits"
+    The defaults are the MNIST protocol of :mod:`rbp.protocols`;
+    :meth:`paper` gives the protocol of a dataset (CIFAR-10's conv net for ``cifar10``).
+    """
+
+    dataset: str = DEFAULT_DATASET
     algorithm: Algorithm = field(default_factory=lambda: make_algorithm("bp"))
-    hidden: tuple = PAPER_HIDDEN
-    activation: str = "tanh"
-    epochs: int = 10
-    batch_size: int = 100
-    lr: float = 0.1
-    decay: float = 1e-6
-    momentum: float = 0.0
+    hidden: tuple = MNIST.hidden
+    activation: str = MNIST.activation
+    epochs: int = MNIST.epochs
+    batch_size: int = MNIST.batch_size
+    lr: float = MNIST.lr
+    decay: float = MNIST.decay
+    momentum: float = MNIST.momentum
     device: str = "cpu"
     driver: str = "fused"      # "fused" or "autograd"
-    frozen: tuple = ()         # 1-based indices of weight layers that do not learn
-    model: str = "mlp"         # "mlp" or "convnet" (alias "cifar_convnet"): see MODELS
-    augment: bool = False      # random translations (<= 10 %) and horizontal flips, per minibatch
+    frozen: tuple = MNIST.frozen       # 1-based indices of weight layers that do not learn
+    model: str = MNIST.model           # "mlp" or "convnet" (alias "cifar_convnet"): see MODELS
+    augment: bool = MNIST.augment      # random translations (<= 10 %) and horizontal flips, per minibatch
+
+    @classmethod
+    def paper(cls, dataset: str = DEFAULT_DATASET, **overrides) -> "TrainSpec":
+        """The paper protocol of ``dataset`` (:func:`rbp.protocols.protocol`), with ``overrides``
+        (any field; ``None`` values are ignored, so unset command-line flags keep the protocol)."""
+        proto = paper_protocol(dataset).as_dict()
+        proto.pop("seeds")
+        fields = {**proto, "dataset": dataset}
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**fields)
 
     def validate(self):
         if self.dataset not in datasets.DATASETS:

@@ -10,7 +10,8 @@ to put our numbers beside the paper's::
     dataset = "mnist"                           # digits, mnist, fashion-mnist, cifar10
     requires = ["model:cifar_convnet"]          # optional: engine features still to land
 
-    [protocol]                                  # all optional; defaults are paper 1's MNIST protocol
+    [protocol]                                  # all optional; defaults: the dataset's paper protocol
+                                                # (rbp.protocols: MNIST's, or CIFAR-10's for cifar10)
     epochs = 100                                # per run; `rbp run --epochs` overrides
     seeds = 5                                   # seeds 0..K-1; `rbp run --seeds` overrides
     batch_size = 100
@@ -50,6 +51,7 @@ validates, and running it fails with one clear line until the feature lands.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import sys
@@ -61,6 +63,7 @@ from ..channel.algorithm import ALGORITHMS, OPTION_NAMES, Algorithm, algorithm a
 from ..data import DATASETS
 from ..errors import ConfigError
 from ..nn.activations import ACTIVATIONS, ALIASES
+from ..protocols import MNIST, protocol as paper_protocol
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,9 +71,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-PROTOCOL_DEFAULTS = dict(epochs=100, seeds=5, batch_size=100, lr=0.1, decay=1e-6, momentum=0.0,
-                         hidden=(100, 100, 100, 100), activation="tanh", frozen=(), model="mlp",
-                         augment=False)
+PROTOCOL_DEFAULTS = MNIST.as_dict()       # a file's [protocol] defaults: its dataset's paper protocol
 OVERRIDABLE = ("batch_size", "lr", "decay", "momentum", "hidden", "activation", "frozen")
 ALGORITHM_OPTIONS = ("feedback", "derivative", "quantize_error", "quantize_update", "dropout", "update",
                      "adapt_rate", "feedback_scale", "init_scale")
@@ -331,7 +332,7 @@ def parse(text: str, source: str = "<string>") -> Experiment:
         if kind not in ("model", "feedback") or not fname:
             bad("requires", f"entries look like 'model:NAME' or 'feedback:NAME', got {feat!r}")
 
-    proto = dict(PROTOCOL_DEFAULTS)
+    proto = paper_protocol(dataset).as_dict()
     raw_proto = doc.get("protocol", {})
     if not isinstance(raw_proto, dict):
         bad("protocol", "must be a table ([protocol])")
@@ -410,3 +411,52 @@ def _check_network(alg: Algorithm, p: dict, bad):
         if alg.feedback.sparsity > fan_out:
             bad("feedback", f"sparse-{alg.feedback.sparsity}: n must be in 0..{fan_out} "
                             f"(the fan-out of the learning channel, the smallest hidden layer)")
+
+
+# ----------------------------------------------------------------------------- one run of `rbp train`
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)            # a JSON string is a TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise ConfigError(f"cannot write {v!r} into an experiment file")
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")
+    return s or "run"
+
+
+def from_spec(spec, seeds, name: str | None = None) -> Experiment:
+    """The one-configuration experiment that trains ``spec`` with ``seeds`` (what `rbp train --out` stores).
+
+    Its TOML text is written beside the runs, so `rbp report` reads the folder like any result
+    store and `rbp run DIR/experiment.toml --out DIR` finds every run already done.
+    """
+    alg = spec.algorithm
+    options = alg.options()
+    unknown = [k for k in options if k not in ALGORITHM_OPTIONS]
+    if unknown:
+        raise ConfigError(f"algorithm option {unknown[0]!r} cannot be stored in an experiment file")
+    seeds = [int(s) for s in seeds]
+    cid = _slug(alg.describe())
+    name = name or _slug(f"train-{spec.dataset}-{cid}")
+    model = "cifar_convnet" if spec.model in ("convnet", "cifar_convnet") else spec.model
+    proto = {"epochs": spec.epochs, "seeds": len(seeds), "batch_size": spec.batch_size, "lr": spec.lr,
+             "decay": spec.decay, "momentum": spec.momentum, "hidden": list(spec.hidden),
+             "activation": spec.activation, "frozen": list(spec.frozen), "model": model,
+             "augment": spec.augment}
+    lines = ["# written by `rbp train --out`: one configuration, the seeds below",
+             f"name = {_toml_value(name)}",
+             f"description = {_toml_value(f'rbp train: {alg.describe()} on {spec.dataset}, seeds {seeds}')}",
+             f"dataset = {_toml_value(spec.dataset)}", "", "[protocol]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in proto.items()]
+    lines += ["", "[[config]]", f"id = {_toml_value(cid)}", f"label = {_toml_value(alg.describe())}",
+              f"algorithm = {_toml_value(alg.name)}"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in options.items()]
+    return parse("\n".join(lines) + "\n", "experiment.toml")

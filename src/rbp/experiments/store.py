@@ -47,14 +47,13 @@ import math
 import numbers
 import os
 import socket
-import tempfile
 import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..results import provenance
+from ..results import atomic_write, provenance  # noqa: F401 (atomic_write: also rbp.experiments.store's)
 
 FORMAT = "rbp-run/1"
 STALE_TEMP_SECONDS = 3600      # a temporary file this old belongs to a writer that died
@@ -90,33 +89,6 @@ def _clean(x):
     if isinstance(x, (list, tuple)):
         return [_clean(v) for v in x]
     return x
-
-
-def atomic_write(path: Path, text: str):
-    """Write ``text`` to ``path`` so that the file is either absent/old or complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
-        pass
 
 
 class Store:

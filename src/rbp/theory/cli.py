@@ -222,9 +222,8 @@ def _check_two_layer_args(args):
 
 
 def _write_atomic(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    from ..results import atomic_write
+    atomic_write(path, text)
 
 
 def _cmd_sweep(args) -> int:
@@ -331,7 +330,7 @@ def _cmd_mnist(args) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         data = out / "mnist_fa.json"
-        data.write_text(json.dumps({"rows": rows, **result}, default=_json_default))
+        _write_atomic(data, json.dumps({"rows": rows, **result}, default=_json_default))
         png = figures.mnist_fa(out / "mnist_fa.png", rows)
         result["files"] = [str(data), str(png)]
         lines.append(f"wrote {data}, {png}")

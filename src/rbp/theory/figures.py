@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from .._optional import require
+from ..results import atomic_path
 
 matplotlib = require("matplotlib", "the theory figures")
 matplotlib.use("Agg")
@@ -33,7 +34,8 @@ __all__ = [
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 
