@@ -26,8 +26,13 @@ def test_train_json_summary_on_digits(tmp_path):
     assert summary["algorithm"] == "srbp" and summary["seeds"] == 2 and summary["epochs"] == 3
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and 0.0 <= summary["train_accuracy"] <= 1.0
     assert summary["test_accuracy"] > 0.3
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "history.csv", "summary.json"]
-    assert len((out / "history.csv").read_text().strip().splitlines()) == 1 + 2 * 3
+    # a result store, the format of `rbp run`: one run file per seed
+    assert sorted(p.name for p in out.iterdir()) == ["experiment.toml", "runs"]
+    runs = sorted((out / "runs").iterdir())
+    assert [p.name for p in runs] == ["srbp--seed0.json", "srbp--seed1.json"]
+    docs = [json.loads(p.read_text()) for p in runs]
+    assert [len(d["history"]) for d in docs] == [3, 3] and [d["seed"] for d in docs] == [0, 1]
+    assert [d["history"][-1]["test_accuracy"] for d in docs] == [r["test_accuracy"] for r in summary["per_seed"]]
 
 
 def test_same_command_same_numbers():

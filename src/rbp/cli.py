@@ -232,6 +232,10 @@ def main(argv=None) -> int:
             msg = f"rbp: error: {msg}"
         print(msg.splitlines()[0] if msg else "rbp: error", file=sys.stderr)
         return 2
+    except OSError as e:       # the file system refused (disk full, permissions changed mid-run, ...)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"rbp: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("rbp: interrupted", file=sys.stderr)
         return 130

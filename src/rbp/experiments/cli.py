@@ -70,10 +70,14 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_run(args) -> int:
+    from .. import paths
     from .experiment import load
     from .runner import run
     exp = load(args.experiment)
     out = args.out or f"results/{exp.name}"
+    if args.data_dir is not None:
+        paths.input_dir(args.data_dir, "--data-dir")
+    paths.output_dir(out, "--out")          # a file, under a file, or unwritable: refused before training
     summary = run(exp, out, epochs=args.epochs, seeds=args.seeds, device=args.device, data_dir=args.data_dir,
                   progress=not args.quiet, threads=args.threads, executor=args.executor,
                   scheduler=args.scheduler, workers=args.workers, seeds_per_task=args.seeds_per_task,
@@ -101,7 +105,11 @@ def _cmd_run(args) -> int:
 
 
 def _report(directory, out):
+    from .. import paths
     from ..report import write_report
+    paths.input_dir(directory, "result store")
+    if out is not None:
+        paths.output_dir(out, "--out")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = write_report(directory, out)

@@ -53,6 +53,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -274,6 +275,9 @@ def load(name_or_path: str | Path) -> Experiment:
     """Load and validate a bundled experiment by name, or an experiment file by path."""
     text_name = str(name_or_path)
     path = Path(text_name)
+    if path.is_dir() and (text_name.endswith((".toml", "/", os.sep)) or text_name not in bundled_names()):
+        raise ConfigError(f"experiment {text_name}: is a folder, not an experiment file (a name from "
+                          "`rbp list`, or the path of a .toml file)")
     if text_name.endswith(".toml") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"experiment file {path} not found")

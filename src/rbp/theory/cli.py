@@ -230,10 +230,9 @@ def _cmd_sweep(args) -> int:
     from . import figures
     from .twolayer import train_two_layer
 
+    from .. import paths
     _check_two_layer_args(args)
-    out = Path(args.out)
-    if not args.replot:
-        out.mkdir(parents=True, exist_ok=True)
+    out = paths.input_dir(args.out, "--out") if args.replot else paths.output_dir(args.out, "--out")
     records, curves = [], []
     tag = f"{args.activation}_{args.target}"
     data = out / f"sweep_{tag}.json"
@@ -291,6 +290,11 @@ def _cmd_mnist(args) -> int:
             raise ConfigError(f"lambda must be a non-negative number, got {lam}")
     if args.epochs < 1 or args.seeds < 1 or args.hidden < 1:
         raise ConfigError("--epochs, --seeds and --hidden must be positive integers")
+    from .. import paths
+    if args.data_dir is not None:
+        paths.input_dir(args.data_dir, "--data-dir")
+    if args.out:
+        paths.output_dir(args.out, "--out")
     ds = load("mnist", data_dir=args.data_dir, download=False)
     groups = [("rbp", lam) for lam in args.lams] + ([("bp", 0.0)] if args.bp else [])
     rows, t0 = [], time.perf_counter()
@@ -339,6 +343,8 @@ def _cmd_mnist(args) -> int:
 
 
 def _cmd_figures(args) -> int:
+    from .. import paths
+    paths.output_dir(args.out, "--out")
     from . import figures
 
     files = [str(p) for p in figures.make_all(args.out, seed=args.seed)]
