@@ -27,15 +27,17 @@ class MissingDependency(RBPError, ImportError):
     """An optional package that the feature asked for is not installed."""
 
 
-def require(module: str, purpose: str):
-    """Import ``module`` (or a submodule of it) or raise :class:`MissingDependency` naming the extra."""
+def require(module: str, purpose: str, extra: str | None = None):
+    """Import ``module`` (or a submodule of it) or raise :class:`MissingDependency` naming the extra
+    (``extra``, or the one that brings ``module``)."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
         top = module.split(".")[0]
         if e.name is not None and e.name.split(".")[0] != top:
             raise               # the package is there but broken: show the real error
-        dist, extra = EXTRAS.get(top, (top, "all"))
+        dist, default = EXTRAS.get(top, (top, "all"))
+        extra = extra or default
         raise MissingDependency(f"{purpose} needs {dist}, which is not installed: pip install 'rbp[{extra}]'") \
             from None
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from .._optional import require
 from ..results import atomic_path
 
-matplotlib = require("matplotlib", "the theory figures")
+matplotlib = require("matplotlib", "drawing the theory figures", extra="theory")
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
