@@ -31,7 +31,7 @@ from rbp.train import TrainSpec, Trainer
 def _modules():
     import importlib
     out = {}
-    for name in ("_fastops", "_sparse", "_qkernel"):
+    for name in _native.MODULES:
         try:
             out[name] = importlib.import_module(f"rbp.nn.{name}")
         except ImportError:
@@ -70,7 +70,7 @@ def main():
     for m in mods.values():
         m.load()
     saved = {name: dict(m._state) for name, m in mods.items()}
-    if any(all(v is None for k, v in s.items() if k != "path") for s in saved.values()):
+    if any(all(v is None for k, v in s.items() if k != "path") for s in saved.values()) or not saved:
         raise SystemExit("a kernel is not built (RBP_NO_KERNEL set, or no compiler): nothing to compare")
 
     def switch(off):
@@ -100,8 +100,7 @@ def main():
                 times[v].append((clock() - t) / args.steps)
         switch(())
         base, fast = statistics.median(times["all"]), min(times["all"])
-        print(f"{title}  (sparse first layer: {tr.sparse_input}); median and minimum over rounds, "
-              "median of the per-round ratios")
+        print(f"{title}: median and minimum over rounds, median of the per-round ratios")
         for v, _ in variants:
             med, low = statistics.median(times[v]), min(times[v])
             paired = statistics.median(a / b for a, b in zip(times[v], times["all"]))

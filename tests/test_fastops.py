@@ -45,22 +45,3 @@ def test_tanh_falls_back_to_torch(monkeypatch):
     assert torch.equal(_fastops.tanh_(x.clone()), torch.tanh(x))
     strided = torch.randn(6, 4).t()
     assert torch.equal(_fastops.tanh_(strided.clone()), torch.tanh(strided))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.uint8])
-def test_gather_rows_equals_indexing(dtype):
-    gen = torch.Generator().manual_seed(0)
-    src = (torch.rand(500, 3, 70, generator=gen) * 100).to(dtype)
-    idx = torch.randint(0, 500, (4, 33), generator=gen)
-    got = _fastops.gather_rows(src, idx)
-    assert got.shape == (4, 33, 3, 70) and torch.equal(got, src[idx])
-    big = torch.randint(0, 500, (3000,), generator=gen)      # large enough to use several threads
-    assert torch.equal(_fastops.gather_rows(src, big), src[big])
-
-
-def test_gather_rows_rejects_out_of_range():
-    src = torch.zeros(5, 20000)                 # rows large enough for the compiled path
-    with pytest.raises(IndexError):
-        _fastops.gather_rows(src, torch.tensor([0, 5, 1, 2]))
-    with pytest.raises(IndexError):
-        _fastops.gather_rows(src, torch.tensor([-1, 0, 1, 2]))

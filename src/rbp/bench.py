@@ -2,8 +2,7 @@
 
 Variants, each timed on the same data (by default synthetic MNIST-shaped data,
 60000 x 784 uniform numbers, 10 classes; with ``--data mnist`` the real
-training set, whose pixels are 81 % zeros, which the library's first layer
-skips: ``rbp.nn.use_sparse_input``) with the paper's network and minibatch of 100:
+training set, whose pixels are 81 % zeros) with the paper's network and minibatch of 100:
 
 * ``reference``: ``torch.nn`` layers, ``torch.optim.SGD`` and ``loss.backward()``;
 * ``bp``, ``rbp``, ``srbp``: this library's training loop (``rbp.train.Trainer``);

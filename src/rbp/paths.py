@@ -47,7 +47,8 @@ def input_file(path, what: str) -> Path:
 
 
 def output_dir(path, what: str, empty: bool = False, create: bool = True) -> Path:
-    """``path`` as a writable folder (created with its parents when ``create``), else ConfigError.
+    """``path`` as a writable folder (created with its parents when ``create``; else only checked to be
+    creatable), else ConfigError.
 
     ``empty``: an existing folder must hold nothing (so results already written are never mixed
     with or overwritten by new ones).  Writability is tried (a temporary file is made and
@@ -64,7 +65,12 @@ def output_dir(path, what: str, empty: bool = False, create: bool = True) -> Pat
             anc = anc.parent
         if anc.exists() and not anc.is_dir():
             raise ConfigError(f"{what} {path}: {anc} is a file, not a folder")
-        if not create:
+        if not create:              # made later by the command: the folder it will be made in must take it
+            try:
+                with tempfile.TemporaryFile(dir=anc):
+                    pass
+            except OSError as e:
+                raise ConfigError(f"{what} {path}: cannot create the folder in {anc} ({_why(e)})") from None
             return p
         try:
             p.mkdir(parents=True, exist_ok=True)

@@ -31,9 +31,6 @@ from .errors import ConfigError
 from .diagnostics import Settling, alignment, model_alignment
 from .models import cifar_convnet, mlp
 from .nn.convert import convert
-from .nn import _sparse
-from .nn._fastops import gather_rows
-from .nn.layers import use_sparse_input
 from .nn.fused import FusedNetwork, softmax_xent_grad
 from .optim import KerasSGD
 from .protocols import DEFAULT_DATASET, MNIST, protocol as paper_protocol
@@ -212,13 +209,6 @@ class _Stepper:
         return self.model(x)
 
 
-def sparse_inputs(x: torch.Tensor) -> bool:
-    """Whether the first layer should use the zero-skipping kernels for inputs like ``x``."""
-    return (x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() > 0
-            and _sparse.load() is not None
-            and torch.count_nonzero(x).item() <= _sparse.DENSITY_LIMIT * x.numel())
-
-
 def _stats(logits, y):
     """Summed cross-entropy and number correct, per network (last dim classes)."""
     logp = torch.log_softmax(logits, dim=-1)
@@ -287,9 +277,6 @@ class Trainer:
         self.x_test, self.y_test = ds.x_test.to(dev), ds.y_test.to(dev)
         self.K = len(self.seeds) if len(self.seeds) > 1 else None
         self.model = build(spec, self.seeds, ds.input_dim, ds.num_classes, self.image_shape, members)
-        self.sparse_input = not conv and sparse_inputs(self.x_train)
-        if self.sparse_input:       # mostly-zero inputs (MNIST): the first layer skips them
-            use_sparse_input(self.model)
         self.stepper = _Stepper(self.model, spec.driver)
         self.opt = KerasSGD([p for p in self.model.parameters() if p.requires_grad], lr=spec.lr,
                             decay=spec.decay, momentum=spec.momentum)
@@ -328,7 +315,7 @@ class Trainer:
             if max_steps is not None and step >= max_steps:
                 break
             idx = perms[:, i:i + B] if K else perms[0, i:i + B]
-            xb = gather_rows(self.x_train, idx)         # whole rows, threaded (bitwise x_train[idx])
+            xb = self.x_train.index_select(0, idx.reshape(-1)).view(*idx.shape, *self.x_train.shape[1:])
             yb = self.y_train[idx]
             if aug is not None:
                 xb = self._augment(xb, aug[:, i:i + B] if K else aug[0, i:i + B])

@@ -77,7 +77,7 @@ def _cmd_run(args) -> int:
     out = args.out or f"results/{exp.name}"
     if args.data_dir is not None:
         paths.input_dir(args.data_dir, "--data-dir")
-    paths.output_dir(out, "--out")          # a file, under a file, or unwritable: refused before training
+    paths.output_dir(out, "--out", create=False)     # a file, under a file, or unwritable: refused now
     summary = run(exp, out, epochs=args.epochs, seeds=args.seeds, device=args.device, data_dir=args.data_dir,
                   progress=not args.quiet, threads=args.threads, executor=args.executor,
                   scheduler=args.scheduler, workers=args.workers, seeds_per_task=args.seeds_per_task,

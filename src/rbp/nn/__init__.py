@@ -3,7 +3,7 @@
 from .activations import ACTIVATIONS, NoDerivative
 from .conv import ConvOps, FeedbackConv2d
 from .convert import LearningChannel, convert
-from .layers import FeedbackLinear, StackedLinear, use_sparse_input
+from .layers import FeedbackLinear, StackedLinear
 
 __all__ = ["ACTIVATIONS", "NoDerivative", "LearningChannel", "convert", "FeedbackLinear", "StackedLinear",
-           "ConvOps", "FeedbackConv2d", "use_sparse_input"]
+           "ConvOps", "FeedbackConv2d"]

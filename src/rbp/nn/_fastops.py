@@ -1,10 +1,7 @@
-"""Compiled helpers of the fused trainer: tanh and the minibatch gather (CPU).
+"""A compiled tanh for the fused trainer (float32, CPU).
 
-**tanh** (float32).
 On the CPUs we measured, ``torch.tanh`` on float32 costs about 3 ns per number
-with one thread (50,000 numbers, the four hidden layers of a 5-network MNIST
-ensemble step: 160 us), which made it 12 % of a training step, more than the
-minibatch gather.  This kernel evaluates tanh in vector registers in one pass,
+with one thread.  This kernel evaluates tanh in vector registers in one pass,
 in place:
 
 * for |x| < 0.625, the odd polynomial x + x^3 P(x^2) of the Cephes library's
@@ -17,13 +14,9 @@ It agrees with ``torch.tanh`` to a few units in the last place (the tests
 bound it), and every number is computed by the same formula wherever it sits
 in the tensor, so an ensemble member gets exactly the numbers it would get
 alone.  Without a compiler, or with ``RBP_NO_KERNEL=1``, ``torch.tanh_`` is
-used.
-
-**Minibatch gather.**  Every ensemble member draws its own minibatch, so a
-step copies K x 100 rows of the training set (20 MB for K = 64 on MNIST).
-``Tensor.index_select`` did that at about 3.5 GB/s here, 14 % of a K = 64
-step; :func:`gather_rows` copies the rows with ``memcpy`` split over the
-threads.  The result is the same tensor, bit for bit.
+used.  Why it is kept (it buys about 10 % of a one-network MNIST step) and the
+minibatch gather that lived here was not: docs/performance.md, "Which compiled
+kernels stay".
 """
 
 from __future__ import annotations
@@ -83,14 +76,6 @@ static inline v8 vtanh(v8 x) {
     return (v8)((nan & (v8i)x) | (~nan & (v8i)y));
 }
 
-/* dst[r] = src[idx[r]] for r < n, rows of `bytes` bytes each, split over threads */
-void rbp_gather_rows(long n, const long *idx, const char *src, long bytes, char *dst, int nthreads) {
-#ifdef _OPENMP
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (n * bytes >= 262144)
-#endif
-    for (long r = 0; r < n; ++r) memcpy(dst + r * bytes, src + idx[r] * bytes, (size_t)bytes);
-}
-
 /* x[0 .. n) = tanh(x) in place; the last n mod 8 numbers go through the same vector code. */
 void rbp_tanh_(long n, float *x, int nthreads) {
     const long nv = n / 8;
@@ -117,31 +102,12 @@ _state: dict = {}
 
 
 def load():
-    """The compiled tanh, or ``None`` (no compiler, or kernels disabled); loads the gather too."""
+    """The compiled tanh, or ``None`` (no compiler, or kernels disabled)."""
     if "fn" not in _state:
         p, i, n = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
-        fns = _native.functions("fastops", _SOURCE, {"rbp_tanh_": ([n, p, i], None),
-                                                     "rbp_gather_rows": ([n, p, p, n, p, i], None)})
-        _state["fn"], _state["gather"] = (None, None) if fns is None else (fns["rbp_tanh_"], fns["rbp_gather_rows"])
+        fns = _native.functions("fastops", _SOURCE, {"rbp_tanh_": ([n, p, i], None)})
+        _state["fn"] = None if fns is None else fns["rbp_tanh_"]
     return _state["fn"]
-
-
-def gather_rows(src: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``src[idx]`` for a contiguous CPU ``src`` and integer ``idx`` of any shape: rows copied whole."""
-    flat = idx.reshape(-1)
-    load()
-    gather = _state.get("gather")
-    small = flat.numel() * (src[0].numel() if src.dim() and src.shape[0] else 0) * src.element_size() < (1 << 18)
-    if gather is None or small or src.device.type != "cpu" or not src.is_contiguous() or src.requires_grad:
-        return src.index_select(0, flat).view(*idx.shape, *src.shape[1:])   # torch is as fast for small copies
-    flat = flat.to(torch.int64).contiguous()
-    lo, hi = torch.aminmax(flat)
-    if int(lo) < 0 or int(hi) >= src.shape[0]:
-        raise IndexError(f"row index out of range for {src.shape[0]} rows")
-    out = src.new_empty(*idx.shape, *src.shape[1:])
-    row = src[0].numel() * src.element_size() if src.shape[0] else 0
-    gather(flat.numel(), flat.data_ptr(), src.data_ptr(), row, out.data_ptr(), max(1, torch.get_num_threads()))
-    return out
 
 
 def tanh_(s: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..channel import feedback as fb
 from ..channel.backward import Pass, site_backward
 from ..channel.quantize import quantize
-from . import _qkernel, _sparse
+from . import _qkernel
 
 _CHUNK_ELEMENTS = 1 << 20  # per-example updates are formed in chunks of at most this many numbers
 
@@ -52,7 +52,6 @@ class LinearOps:
     """
 
     ensemble: int | None
-    sparse_input: bool = False   # the input is mostly exact zeros: use the kernels of nn/_sparse.py
 
     def sample_feedback(self, spec, shape, *, chained, generator, forward_sign, dtype, device):
         """Draw one network's feedback matrix of ``shape`` (a 2-D matrix for linear sites)."""
@@ -60,10 +59,6 @@ class LinearOps:
                          dtype=dtype, device=device)
 
     def affine(self, x, weight, bias):
-        if self.sparse_input:
-            out = _sparse.affine(x, weight, bias, bool(self.ensemble))
-            if out is not None:
-                return out
         if not self.ensemble:
             return F.linear(x, weight, bias)
         K = weight.shape[0]
@@ -82,10 +77,6 @@ class LinearOps:
 
     def grad_weight(self, g, x):
         g2, x2 = self._rows2(g), self._rows2(x)
-        if self.sparse_input:
-            gW = _sparse.grad_weight(g2, x2)
-            if gW is not None:
-                return gW
         return g2.transpose(-1, -2) @ x2
 
     grad_skip = grad_weight  # dLoss/dC for ASRBP: E^L (O^h)^T in C's orientation
@@ -222,22 +213,3 @@ class StackedLinear(LinearOps, nn.Module):
 
 def new_pass() -> Pass:
     return Pass()
-
-
-def use_sparse_input(model: nn.Module, enabled: bool = True):
-    """Compute the first linear layer of ``model`` over the nonzero entries of its input only.
-
-    For inputs that are mostly exact zeros (MNIST pixels: 81 % zeros) the first
-    layer's forward product and weight gradient then run in the kernels of
-    :mod:`rbp.nn._sparse` (float32 on the CPU; anything else keeps the dense
-    product).  Results equal the dense product up to float rounding.  The
-    trainer does this by itself when the training inputs have at most
-    ``_sparse.DENSITY_LIMIT`` nonzero entries.  Returns the layer.
-    """
-    first = next((m for m in model.modules() if isinstance(m, LinearOps)), None)
-    if first is None:
-        from ..errors import ConfigError
-        raise ConfigError("use_sparse_input needs a model converted by rbp.convert (or an rbp.mlp ensemble); "
-                          "this one has no FeedbackLinear or StackedLinear layer")
-    first.sparse_input = bool(enabled)
-    return first
