@@ -32,6 +32,9 @@ def test_missing_extras_name_themselves(monkeypatch, tmp_path, capsys):
     assert main(["train", "-d", "digits", "--epochs", "1", "--quiet", "--out", str(store)]) == 0
     capsys.readouterr()
     _without(monkeypatch, "matplotlib", "scipy")
+    import rbp.theory
+    monkeypatch.delitem(sys.modules, "rbp.theory.figures", raising=False)   # imported afresh, as in a new process
+    monkeypatch.delattr(rbp.theory, "figures", raising=False)
     for argv, extra in ((["report", str(store)], "rbp[report]"),
                         (["theory", "chain", "--depth", "2"], "rbp[theory]"),
                         (["theory", "figures", "--out", str(tmp_path / "f")], "rbp[theory]")):
