@@ -140,6 +140,7 @@ def test_top_layer_follows_the_gradient(alg, opts):
 
 
 @pytest.mark.parametrize("alg,opts", VARIANTS + [("rbp", {"quantize_update": 3}),
+                                                  ("srbp", {"quantize_update": 2, "quantize_update_mode": "flush+share"}),
                                                   ("srbp", {"update": "magnitude"}), ("arbp-small", {}),
                                                   ("atwin", {"init_scale": 0.5, "feedback_scale": 0.1})])
 def test_fused_driver_equals_autograd_driver(alg, opts):
