@@ -58,14 +58,19 @@ def add_algorithm_options(p: argparse.ArgumentParser):
                    help="feedback adaptation rate relative to the forward rate (arbp/asrbp, default 0.1)")
 
 
-def algorithm_from_args(args):
+def algorithm_from_args(args, lr=None, decay=None):
+    """The algorithm of the command's flags; ``lr`` / ``decay``: the protocol's, where the flags are unset."""
     from .channel.algorithm import algorithm
     mode = args.quantize_update_mode
-    lr = None
+    if getattr(args, "lr", None) is not None:
+        lr = args.lr
+    if getattr(args, "decay", None) is not None:
+        decay = args.decay
     if mode and "after-lr" in mode.split("+"):
-        if getattr(args, "decay", 0):
+        if decay:
             raise ConfigError("--quantize-update-mode after-lr needs a constant learning rate: add --decay 0")
-        lr = getattr(args, "lr", None)
+    else:
+        lr = None
     return algorithm(args.algorithm, feedback=args.feedback, derivative=not args.no_derivative,
                      quantize_error=args.quantize_error, quantize_update=args.quantize_update,
                      quantize_update_mode=mode, quantize_update_lr=lr,
@@ -79,7 +84,10 @@ def train_spec_from_args(args):
 
     if args.dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}")
-    return TrainSpec.paper(args.dataset, algorithm=algorithm_from_args(args), hidden=args.hidden,
+    from .protocols import protocol
+    proto = protocol(args.dataset)
+    return TrainSpec.paper(args.dataset, algorithm=algorithm_from_args(args, proto.lr, proto.decay),
+                           hidden=args.hidden,
                            activation=args.activation, epochs=args.epochs, batch_size=args.batch_size,
                            lr=args.lr, decay=args.decay, momentum=args.momentum, device=args.device,
                            driver=args.driver, frozen=args.freeze, model=args.model,
