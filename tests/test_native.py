@@ -27,7 +27,9 @@ def _kernel_modules():
 
 @pytest.fixture
 def fresh(monkeypatch):
-    """Every kernel loaded anew in this test (and the process's state restored after it)."""
+    """Every kernel loaded anew in this test (and the process's state restored after it); these tests
+    are about building the kernels, so they run with them enabled even in CI's RBP_NO_KERNEL=1 pass."""
+    monkeypatch.delenv("RBP_NO_KERNEL", raising=False)
     monkeypatch.setattr(_native, "_libraries", {})
     monkeypatch.setattr(_native, "_warned", [])
     for m in _kernel_modules():
@@ -132,6 +134,7 @@ def test_one_openmp_runtime_in_the_process(tmp_path):
         "omp = sorted({p for p in maps if pat.match(os.path.basename(p))})\n"
         "print(all(l is not None for l in libs), _native.openmp_runtime(), omp)\n")
     env = dict(os.environ, RBP_CACHE_DIR=str(tmp_path))
+    env.pop("RBP_NO_KERNEL", None)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     built, runtime, loaded = out.stdout.strip().split(" ", 2)

@@ -4,7 +4,6 @@ Every command checks its path arguments before it does any work (loads data,
 trains), so a typo costs nothing:
 
 * :func:`input_dir` -- a folder that must exist (``--data-dir``, ``rbp report DIR``);
-* :func:`input_file` -- a file that must exist (an experiment file);
 * :func:`output_dir` -- a folder that is created if needed and must be writable
   (``--out``), optionally empty.
 """
@@ -31,18 +30,6 @@ def input_dir(path, what: str) -> Path:
         raise ConfigError(f"{what} {path}: is a file, not a folder")
     if not os.access(p, os.R_OK | os.X_OK):
         raise ConfigError(f"{what} {path}: folder not readable (permission denied)")
-    return p
-
-
-def input_file(path, what: str) -> Path:
-    """``path`` as a readable file that exists, else ConfigError naming ``what``."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ConfigError(f"{what} {path}: no such file")
-    if p.is_dir():
-        raise ConfigError(f"{what} {path}: is a folder, not a file")
-    if not os.access(p, os.R_OK):
-        raise ConfigError(f"{what} {path}: file not readable (permission denied)")
     return p
 
 
