@@ -81,7 +81,7 @@ def main():
                 if n == name:
                     m._state[k] = None
 
-    # one variant per kernel switched off alone (the tanh and the gather of _fastops separately)
+    # one variant per kernel switched off alone (each function handle a module keeps in _state)
     parts = [(n, k) for n, m in mods.items() for k in saved[n] if k != "path"]
     variants = [("all", ())] + [(f"no {n}.{k}", ((n, k),)) for n, k in parts] + [("none", tuple(parts))]
     for title, spec, seeds, ds in configurations():

@@ -55,7 +55,7 @@ _warned: list = []          # the reason of the warning already given in this pr
 BASE_FLAGS = ["-O3", "-fPIC", "-fno-math-errno", "-fno-trapping-math"]
 
 #: the kernel modules of rbp.nn built by this module (each keeps its handles in ``_state``)
-MODULES = ("_qkernel", "_fastops")
+MODULES = ("_qkernel",)
 
 
 class KernelWarning(RuntimeWarning):

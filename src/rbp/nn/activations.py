@@ -14,7 +14,6 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from . import _fastops
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ def _relu_backward(J, out):
 
 
 ACTIVATIONS = {
-    "tanh": Activation("tanh", nn.Tanh, _fastops.tanh_, torch.ops.aten.tanh_backward),
+    "tanh": Activation("tanh", nn.Tanh, torch.tanh_, torch.ops.aten.tanh_backward),
     "relu": Activation("relu", nn.ReLU, torch.relu_, _relu_backward),
     "logistic": Activation("logistic", nn.Sigmoid, torch.sigmoid_, torch.ops.aten.sigmoid_backward),
     "linear": Activation("linear", nn.Identity, lambda s: s, lambda J, out: J),
