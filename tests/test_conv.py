@@ -609,3 +609,65 @@ def test_alignment_diagnostics_do_not_change_training():
     assert [r.train_loss for r in h0[0]] == [r.train_loss for r in h1[0]]
     for (k, v), w in zip(m0.state_dict().items(), m1.state_dict().values()):
         assert torch.equal(v, w), k
+
+
+# ---------------------------------------------------------------- channels-last layout (the CPU trainer's choice)
+
+CL_VARIANTS = [("bp", {}), ("rbp", {}), ("srbp", {}), ("sbp", {}), ("arbp", {}), ("asrbp", {}),
+               ("srbp", {"derivative": False}), ("rbp", {"quantize_update": 4}), ("srbp", {"quantize_error": 3}),
+               ("rbp", {"dropout": 0.3}), ("rbp", {"feedback": "sign-concordant"})]
+
+
+@pytest.mark.parametrize("alg,opts", CL_VARIANTS)
+def test_channels_last_gives_the_nchw_gradients(alg, opts):
+    """use_channels_last changes strides only: the paper's architecture (narrowed) trained on
+    channels-last kernels gets the NCHW model's gradients, and its maps really are channels-last."""
+    from rbp.nn import use_channels_last
+
+    def make():
+        m = cifar_convnet(3, 16, 4, seed=0, channels=4, hidden=8, blocks=2).double()
+        return rbp.convert(m, alg, seed=5, **opts)
+
+    x, y = _batch(rows=5, classes=4, shape=(3, 16, 16))
+    plain, cl = make(), use_channels_last(make())
+    kernels = [t for t in (*cl.parameters(), *cl.buffers()) if t.dim() == 4]
+    assert kernels and all(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+                           for t in kernels)
+    maps = []
+    hook = cl[0].register_forward_hook(lambda mod, i, out: maps.append(out))
+    for step in range(2):          # a second step: dropout masks and resampled kernels drawn again
+        got, ref = grads(cl, x, y), grads(plain, x, y)
+        _close(got, ref, tol=1e-12)
+        with torch.no_grad():
+            for p, q in zip(cl.parameters(), plain.parameters()):
+                p -= 0.1 * p.grad
+                q -= 0.1 * q.grad
+    hook.remove()
+    assert maps[0].is_contiguous(memory_format=torch.channels_last) and not maps[0].is_contiguous()
+    assert {k: v.shape for k, v in cl.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+
+
+def test_cpu_trainer_uses_channels_last_for_single_conv_nets():
+    from rbp.data import Dataset
+    from rbp.nn import use_channels_last
+    from rbp.train import TrainSpec, Trainer
+
+    g = torch.Generator().manual_seed(0)
+    ds = Dataset("tiny", torch.rand(32, 3, 16, 16, generator=g), torch.randint(0, 4, (32,), generator=g),
+                 torch.rand(8, 3, 16, 16, generator=g), torch.randint(0, 4, (8,), generator=g), (3, 16, 16), 4)
+    spec = TrainSpec(dataset="digits", algorithm=rbp.algorithm("srbp"), model="convnet", augment=True,
+                     batch_size=16, lr=0.01, momentum=0.9, epochs=1)
+    tr = Trainer(spec, [2], ds, probe_size=8)
+    assert tr.model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = Trainer(spec, [2], ds, probe_size=8)
+    for t in (*plain.model.parameters(), *plain.model.buffers()):
+        t.data = t.data.contiguous()
+    assert plain.model[0].weight.is_contiguous()
+    (la, _), (lb, _) = tr.train_epoch(), plain.train_epoch()
+    assert la == pytest.approx(lb, rel=1e-5)
+    for (k, v), w in zip(tr.model.state_dict().items(), plain.model.state_dict().values()):
+        torch.testing.assert_close(v, w, rtol=1e-4, atol=1e-6, msg=k)
+    assert tr.alignment()[0]["signal_angle_1"] == pytest.approx(plain.alignment()[0]["signal_angle_1"], abs=1e-2)
+    ens = Trainer(spec, [2, 3], ds, probe_size=0)         # ensemble kernels (K, O, C, kh, kw) stay as they were
+    assert ens.model[1].weight.is_contiguous()
+    assert use_channels_last(ens.model) is ens.model and ens.model[1].weight.is_contiguous()

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from . import augment as augmentation
 from . import data as datasets
+from ._malloc import retain_freed_memory
 from .channel.algorithm import Algorithm, algorithm as make_algorithm, training_signature
 from .channel.noise import generator
 from .errors import ConfigError
@@ -33,6 +34,7 @@ from .models import cifar_convnet, mlp
 from .nn.convert import convert
 from .nn import _sparse
 from .nn._fastops import gather_rows
+from .nn.conv import use_channels_last
 from .nn.layers import use_sparse_input
 from .nn.fused import FusedNetwork, softmax_xent_grad
 from .optim import KerasSGD
@@ -272,6 +274,9 @@ class Trainer:
         self.x_test, self.y_test = ds.x_test.to(dev), ds.y_test.to(dev)
         self.K = len(self.seeds) if len(self.seeds) > 1 else None
         self.model = build(spec, self.seeds, ds.input_dim, ds.num_classes, self.image_shape, members)
+        if conv and self.K is None and dev.type == "cpu":   # measured faster here (docs/performance.md)
+            use_channels_last(self.model)
+            retain_freed_memory()
         self.sparse_input = not conv and sparse_inputs(self.x_train)
         if self.sparse_input:       # mostly-zero inputs (MNIST): the first layer skips them
             use_sparse_input(self.model)
