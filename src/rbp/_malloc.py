@@ -3,8 +3,8 @@
 glibc serves every allocation above its mmap threshold (at most 32 MiB) with a
 fresh ``mmap`` and returns it with ``munmap`` when freed.  A training step of the
 paper's CIFAR-10 network allocates several maps of 128 x 64 x 32 x 32 floats
-(33.5 MB) and frees them again, so each step maps some 170 MB of new pages and
-takes about 40,000 page faults, each a kernel trap plus zeroing a page.
+(33.5 MB) and frees them again, so each step maps 130-200 MB of new pages and
+takes 33,000-52,000 page faults (measured), each a kernel trap plus zeroing a page.
 :func:`retain_freed_memory` tells glibc to take large blocks from its heap as
 well (``M_MMAP_MAX`` = 0) and to keep up to 1 GiB of free space at the heap's
 top (``M_TRIM_THRESHOLD``), so the next step reuses the same, already mapped
