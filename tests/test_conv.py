@@ -725,3 +725,29 @@ def test_cpu_trainer_uses_channels_last_for_single_conv_nets():
     ens = Trainer(spec, [2, 3], ds, probe_size=0)         # ensemble kernels (K, O, C, kh, kw) stay as they were
     assert ens.model[1].weight.is_contiguous()
     assert use_channels_last(ens.model) is ens.model and ens.model[1].weight.is_contiguous()
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's mallopt")
+def test_retained_freed_memory_removes_the_page_faults_of_large_maps():
+    """A freed 40 MB block is reused without faulting its pages in again (and RBP_NO_MALLOPT=1 opts out)."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    code = ("import resource, torch; from rbp._malloc import retain_freed_memory as r\n"
+            "ok = r(); assert r() is ok\n"
+            "for _ in range(2): a = torch.ones(10_000_000); del a    # the heap settles after two rounds\n"
+            "f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "a = torch.ones(10_000_000)\n"
+            "print(ok, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)")
+    faults = {}
+    for opt_out in ("0", "1"):
+        env = dict(os.environ, RBP_NO_MALLOPT=opt_out, OMP_NUM_THREADS="1")
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        ok, n = out.stdout.split()
+        assert ok == ("True" if opt_out == "0" else "False")
+        faults[opt_out] = int(n)
+    assert faults["1"] > 9000 > 500 > faults["0"], faults      # 40 MB = 9766 pages of 4 KiB
