@@ -534,7 +534,7 @@ def test_paper_convnet_learns_a_cifar10_subset(cifar10, alg, least):
     0.9, lr 0.01 decayed 1e-5 per update, augmentation; channels-last kernels as the CPU trainer
     uses them.  Measured (seeds 0 / 1): BP 38.5 / 43.2 %, RBP 20.8 / 29.7 %, SRBP 23.6 / 31.9 %;
     the random-feedback rules start slower (feedback alignment takes its time), so their bar is
-    lower.  Each algorithm is its own test of about 3 s on an idle core (one thread).
+    lower.  Each algorithm is its own test, 6-7 s of CPU time with one thread (measured on a busy machine).
     """
     n, batch = 8000, 32
     threads = torch.get_num_threads()
