@@ -132,6 +132,25 @@ class EpochRecord:
         row.update(row.pop("alignment"))
         return row
 
+    def metrics(self) -> dict:
+        """The numbers of the epoch as one flat dict (losses, accuracies, seconds, alignment figures):
+        what a logger sends (:mod:`rbp.callbacks`)."""
+        row = self.as_dict()
+        for key in ("seed", "epoch", "ensemble", "diverged"):
+            row.pop(key)
+        return row
+
+    @classmethod
+    def from_dict(cls, row: dict) -> "EpochRecord":
+        """The record of a flat row of :meth:`as_dict` (a stored or returned history); missing values are NaN."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "alignment"]
+        kw = {k: row[k] for k in names if k in row}
+        for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"):
+            if kw.get(k) is None:
+                kw[k] = math.nan
+        rest = {k: (math.nan if v is None else v) for k, v in row.items() if k not in names}
+        return cls(**kw, alignment=rest)
+
 
 def build(spec: TrainSpec, seeds: Sequence[int], input_dim: int, num_classes: int,
           input_shape: tuple | None = None, member_algorithms: Sequence | None = None) -> nn.Module:
@@ -347,8 +366,14 @@ class Trainer:
 def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
                 on_step: Callable[[int], None] | None = None,
                 on_epoch: Callable[[list[EpochRecord]], None] | None = None,
-                probe_size: int = 1000, member_specs: Sequence[TrainSpec] | None = None):
+                probe_size: int = 1000, member_specs: Sequence[TrainSpec] | None = None,
+                callbacks=None, runs: Sequence[dict] | None = None):
     """Train one network per seed, all together; returns (model, list of histories per seed).
+
+    ``callbacks`` (:mod:`rbp.callbacks`) hear of every network's start, epochs and
+    end; ``runs`` (one dict per seed) names the networks for them (key ``"run"``,
+    default ``seed<k>``) and adds what else ``on_train_begin`` should see.
+    ``on_epoch(records)`` is the older hook: all networks' records of an epoch at once.
 
     ``member_specs`` (one per seed) mixes configurations that differ only in their
     initial state into one ensemble (:class:`Trainer`, :func:`mixable`).
@@ -363,6 +388,15 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
     """
     tr = Trainer(spec, seeds, dataset, probe_size, member_specs)
     histories: list[list[EpochRecord]] = [[] for _ in tr.seeds]
+    notify = None
+    if callbacks:
+        from .callbacks import Notifier, run_info
+        specs = list(member_specs) if member_specs is not None else [tr.spec] * len(tr.seeds)
+        extra = list(runs) if runs is not None else [{} for _ in tr.seeds]
+        if len(extra) != len(tr.seeds):
+            raise ConfigError(f"{len(extra)} run descriptions for {len(tr.seeds)} seeds")
+        notify = Notifier(callbacks, [run_info(sp, s, tr.seeds, **e) for sp, s, e in zip(specs, tr.seeds, extra)])
+        notify.begin()
     diverged = [False] * len(tr.seeds)
     settling = Settling(tr.model) if probe_size else None
     for epoch in range(1, spec.epochs + 1):
@@ -384,8 +418,12 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
             records.append(rec)
         if on_epoch is not None:
             on_epoch(records)
+        if notify:
+            notify.epoch(records)
         if all(diverged):
             break
+    if notify:
+        notify.end(histories)
     return tr.model, histories
 
 
@@ -449,12 +487,14 @@ def ensemble_capacity(spec: TrainSpec, input_dim: int, num_classes: int, memory:
 
 
 def train(spec: TrainSpec, seeds: Sequence[int], dataset=None, ensemble: bool = True,
-          max_ensemble: int | None = None, **callbacks):
+          max_ensemble: int | None = None, runs: Sequence[dict] | None = None, **callbacks):
     """Train every seed; returns histories per seed, in the order of ``seeds``.
 
     With ``ensemble`` (the default) the seeds train together in batched
     ensembles as large as memory allows (or ``max_ensemble``); otherwise one after
     another.  The numbers are the same either way, up to float rounding.
+    Keyword arguments (``on_step``, ``on_epoch``, ``callbacks``, ``probe_size``)
+    go to :func:`train_group`; ``runs`` has one entry per seed.
     """
     seeds = list(seeds)
     if not seeds:
@@ -467,5 +507,6 @@ def train(spec: TrainSpec, seeds: Sequence[int], dataset=None, ensemble: bool = 
         size = 1
     out = []
     for i in range(0, len(seeds), size):
-        out.extend(train_group(spec, seeds[i:i + size], ds, **callbacks)[1])
+        part = None if runs is None else list(runs)[i:i + size]
+        out.extend(train_group(spec, seeds[i:i + size], ds, runs=part, **callbacks)[1])
     return out
