@@ -1,14 +1,14 @@
-"""Convert an existing convolutional network and compare BP, RBP and SRBP on it.
+"""Convert an existing convolutional network; compare BP, RBP and SRBP on it.
 
-The CNN below is an ordinary nn.Module with nested submodules.  `rbp.convert`
-copies it and gives each copy a learning channel: `bp` (the exact gradient, as a
-reference), `rbp` (random feedback along the chain) and `srbp` (the output error
-sent straight to every layer through fixed random matrices; it needs an example
-input so that it knows the shape of each layer's input map).  The three copies
-start from the same weights and see the same minibatches.
+The CNN below is an ordinary nn.Module with nested submodules. `rbp.convert`
+copies it and gives each copy a learning channel: `bp` (the exact gradient,
+as a reference), `rbp` (random feedback along the chain) and `srbp` (the
+output error sent straight to every layer through fixed random matrices; it
+needs an example input to learn the shape of each layer's input map). The
+three copies start from the same weights and see the same minibatches.
 
-    python examples/02_convert_a_cnn.py                 # 15 epochs on the bundled 8x8 digits
-    RBP_EXAMPLE_QUICK=1 python examples/02_convert_a_cnn.py
+    python examples/02_convert_a_cnn.py           # 15 epochs on 8x8 digits
+    RBP_EXAMPLE_QUICK=1 python examples/02_convert_a_cnn.py    # 2 epochs
 """
 
 import os
@@ -29,21 +29,26 @@ class SmallCNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),     # 8x8 -> 4x4
-            nn.Conv2d(16, 32, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),    # 4x4 -> 2x2
+            nn.Conv2d(1, 16, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),  # 4x4
+            nn.Conv2d(16, 32, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),  # 2x2
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 2 * 2, 64), nn.Tanh(), nn.Linear(64, 10))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(32 * 2 * 2, 64), nn.Tanh(), nn.Linear(64, 10)
+        )
 
     def forward(self, x):
         return self.head(self.features(x))
 
 
-data = load("digits")                                   # images of shape (1, 8, 8)
+data = load("digits")                     # images of shape (1, 8, 8)
 torch.manual_seed(0)
-base = SmallCNN()                                       # your trained or freshly initialised model
+base = SmallCNN()                         # your trained or fresh model
 
-models = {name: rbp.convert(base, name, seed=0, example_input=data.x_train[:1])   # copies; base is untouched
-          for name in ("bp", "rbp", "srbp")}
+# three converted copies; base itself is left untouched
+models = {
+    name: rbp.convert(base, name, seed=0, example_input=data.x_train[:1])
+    for name in ("bp", "rbp", "srbp")
+}
 opts = {name: torch.optim.SGD(m.parameters(), lr=0.1) for name, m in models.items()}
 seconds = dict.fromkeys(models, 0.0)
 
@@ -64,5 +69,6 @@ print(f"after {EPOCHS} epochs on digits ({data.n_train} training images):")
 print(f"{'algorithm':10s} {'test accuracy':>14s} {'training time (s)':>18s}")
 for name, model in models.items():
     with torch.no_grad():
-        acc = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
+        pred = model(data.x_test).argmax(1)
+    acc = (pred == data.y_test).float().mean().item()
     print(f"{name:10s} {acc:14.3f} {seconds[name]:18.2f}")

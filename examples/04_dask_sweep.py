@@ -1,13 +1,14 @@
-"""Run a sweep on a Dask cluster: here a LocalCluster of worker processes on this machine.
+"""Run a sweep on a Dask cluster: a LocalCluster of worker processes here.
 
-An experiment is a TOML file (or string) of configurations; `rbp.experiments.run`
-trains every configuration x seed, sends each configuration's seeds to a worker
-as one task, and writes one run file per network into the result store as the
-results arrive.  The store is resumable: run the script again and only what is
-missing trains.  For a real cluster pass ``scheduler="tcp://host:8786"`` instead
-of ``workers`` (docs/scaling.md).  Needs ``pip install 'rbp[distributed]'``.
+An experiment is a TOML file (or string) of configurations;
+`rbp.experiments.run` trains every configuration x seed, sends each
+configuration's seeds to a worker as one task, and writes one run file per
+network into the result store as the results arrive. The store is resumable:
+run the script again and only what is missing trains. For a real cluster
+pass ``scheduler="tcp://host:8786"`` instead of ``workers`` (see the record
+docs/scaling.md). Needs ``pip install 'rbp[distributed]'``.
 
-    python examples/04_dask_sweep.py [OUT_DIR]         # 4 configurations x 3 seeds, 20 epochs
+    python examples/04_dask_sweep.py [OUT_DIR]    # 4 configurations x 3 seeds
     RBP_EXAMPLE_QUICK=1 python examples/04_dask_sweep.py [OUT_DIR]
 """
 
@@ -51,11 +52,15 @@ algorithm = "srbp"
 feedback = "sparse-1"
 """, "srbp-sparsity-digits.toml")
 
-if __name__ == "__main__":          # worker processes import this file; only the client runs the sweep
-    # workers=2 starts a LocalCluster of 2 worker processes for this call (one torch thread each);
-    # scheduler="tcp://host:8786" would send the tasks to a running cluster instead.
-    summary = run(experiment, out, executor="dask", workers=2, threads=1, progress=False, log=print)
-    print(f"{summary['trained']} networks trained, {summary['skipped']} already stored, "
-          f"{len(summary['failed'])} failed, {summary['seconds']:.1f} s")
+# Worker processes import this file; only the client runs the sweep.
+if __name__ == "__main__":
+    # workers=2 starts a LocalCluster of 2 worker processes for this call
+    # (one torch thread each); scheduler="tcp://host:8786" would send the
+    # tasks to a running cluster instead.
+    summary = run(experiment, out, executor="dask", workers=2, threads=1,
+                  progress=False, log=print)
+    print(f"{summary['trained']} networks trained, {summary['skipped']} already "
+          f"stored, {len(summary['failed'])} failed, {summary['seconds']:.1f} s")
     report = write_report(out)
-    print(f"report: {report['report']}, figures: {', '.join(Path(f).name for f in report['figures'])}")
+    names = ", ".join(Path(f).name for f in report["figures"])
+    print(f"report: {report['report']}, figures: {names}")

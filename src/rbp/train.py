@@ -49,7 +49,27 @@ CONV_PROBE = 256           # examples in the alignment probe batch of a conv net
 
 @dataclass
 class TrainSpec:
-    """Everything that defines a training run except the seed."""
+    """Everything that defines a training run except the seed.
+
+    The defaults are paper 1's MNIST protocol except ``dataset`` and ``epochs``.
+
+    Attributes:
+        dataset: a name of `rbp.data.DATASETS`.
+        algorithm: the learning channel (`rbp.algorithm(name, **options)`).
+        hidden: hidden layer sizes of the MLP.
+        activation: hidden units: tanh, relu, logistic or linear.
+        epochs: passes over the training set.
+        batch_size: examples per minibatch.
+        lr: learning rate; at update t it is lr / (1 + decay t) (`rbp.optim.KerasSGD`).
+        decay: the learning-rate decay above.
+        momentum: SGD momentum, in [0, 1).
+        device: "cpu" or "cuda".
+        driver: "fused" (no autograd graph, for plain stacks of linear layers) or "autograd";
+            both give the same gradients.
+        frozen: 1-based indices of weight layers that do not learn.
+        model: "mlp", or "convnet" for paper 1's CIFAR-10 network.
+        augment: random translations (up to 10 %) and horizontal flips, drawn per minibatch.
+    """
 
     dataset: str = "digits"
     algorithm: Algorithm = field(default_factory=lambda: make_algorithm("bp"))
@@ -115,6 +135,23 @@ def check_device(device: str):
 
 @dataclass
 class EpochRecord:
+    """The numbers of one network after one epoch.
+
+    Attributes:
+        seed: the network's seed.
+        epoch: 1, 2, ...
+        train_loss: mean cross-entropy over the epoch's minibatches, each measured before its update.
+        train_accuracy: fraction correct, measured the same way.
+        test_loss: mean cross-entropy on the test set after the epoch.
+        test_accuracy: fraction correct on the test set after the epoch.
+        seconds: wall time of the epoch (training and test evaluation) for the whole ensemble.
+        ensemble: how many networks shared that time.
+        diverged: whether the loss has become NaN or infinite (at this epoch or before).
+        alignment: the figures of `rbp.diagnostics` (``signal_angle_h``, ``update_angle_h``,
+            ``feedback_angle_h``, ``feedback_norm_ratio_h`` per hidden layer h, ``weight_change_i``,
+            ``feedback_change_h``), measured on a fixed probe batch after the epoch.
+    """
+
     seed: int
     epoch: int
     train_loss: float
