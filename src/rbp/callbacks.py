@@ -31,14 +31,19 @@ gives bitwise the same results with or without them
 
 Any object with some of the three methods works (subclass :class:`Callback`
 to get the others as no-ops); a plain function ``f(run, record)`` is taken as
-``on_epoch_end``.  A logger for another tool is a few lines::
+``on_epoch_end``.  A logger for another tool is a few lines (a sketch for
+Weights & Biases; the documentation has one for MLflow too)::
 
-    import wandb, rbp.callbacks
+    import wandb
+    from rbp.callbacks import Callback
 
-    class WandbLogger(rbp.callbacks.Callback):
+    class WandbLogger(Callback):
+        def __init__(self, project="rbp"):
+            self.project, self.runs = project, {}
+
         def on_train_begin(self, run, info):
-            self.runs = getattr(self, "runs", {})
-            self.runs[run] = wandb.init(project="rbp", name=run, config=info, reinit="create_new")
+            self.runs[run] = wandb.init(project=self.project, name=run, config=info,
+                                        reinit="create_new")
 
         def on_epoch_end(self, run, record):
             self.runs[run].log(record.metrics(), step=record.epoch)
