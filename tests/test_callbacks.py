@@ -150,6 +150,16 @@ def test_rbp_train_tensorboard(tmp_path, capsys):
                 "feedback_norm_ratio/layer_2", "time/epoch_seconds"):
         assert len(ev[tag]) == 2, tag
     assert ev["feedback_angle/layer_1"][-1][1] == pytest.approx(float(rows[-1]["feedback_angle_1"]), rel=1e-6)
+    # the same command without --tensorboard: every number but the wall times is the same
+    assert main(["train", "-a", "rbp", "--epochs", "2", "--seeds", "2", "--hidden", "16,16", "--quiet",
+                 "--out", str(tmp_path / "plain")]) == 0
+
+    def numbers(folder):
+        lines = (folder / "history.csv").read_text().splitlines()
+        names = lines[0].split(",")
+        return [[v for k, v in zip(names, line.split(",")) if k != "seconds"] for line in lines]
+
+    assert numbers(out) == numbers(tmp_path / "plain")
 
 
 def test_rbp_run_tensorboard_and_callbacks_leave_the_store_unchanged(tmp_path):
