@@ -65,12 +65,15 @@ def _same(h1, h2):
 
 
 def test_logging_changes_nothing(tmp_path):
-    pytest.importorskip("tensorboard")
     spec = _spec("arbp", epochs=3)        # adaptive feedback: alignment, feedback and settling figures
     m0, plain = train_group(spec, [0, 1])
     rec = Recorder()
-    m1, logged = train_group(spec, [0, 1], callbacks=[rec, TensorBoardLogger(tmp_path / "tb"),
-                                                     lambda run, r: torch.rand(3)])   # draws from the global RNG
+    callbacks = [rec, lambda run, r: torch.rand(3)]          # the second draws from torch's global generator
+    try:
+        callbacks.append(TensorBoardLogger(tmp_path / "tb"))
+    except rbp.ConfigError:                                  # tensorboard not installed: the others still run
+        pass
+    m1, logged = train_group(spec, [0, 1], callbacks=callbacks)
     for a, b in zip(plain, logged):
         _same(a, b)
     s0, s1 = m0.state_dict(), m1.state_dict()
