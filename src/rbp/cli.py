@@ -106,15 +106,21 @@ def _cmd_train(args) -> int:
     seeds = list(range(args.seed, args.seed + args.seeds))
     if args.data_dir is not None:
         paths.input_dir(args.data_dir, "--data-dir")
+    if args.tensorboard is not None:
+        paths.output_dir(args.tensorboard, "--tensorboard", create=False)
     experiment, existed = None, True
     if args.out:
         from .experiments.experiment import from_spec
         experiment = from_spec(spec, seeds)
         existed = os.path.isdir(args.out)
         paths.output_dir(args.out, "--out", empty=True)
+    logger = None
     try:
+        logger = _tensorboard(args.tensorboard)      # before training: a missing package fails at once
         ds = load(args.dataset, data_dir=args.data_dir)
     except BaseException:
+        if logger is not None:
+            logger.close()
         if not existed and not os.listdir(args.out):
             os.rmdir(args.out)         # nothing trained: leave no trace
         raise
@@ -135,8 +141,12 @@ def _cmd_train(args) -> int:
             bar.write(f"epoch {rs[0].epoch:3d}/{spec.epochs}  train acc {statistics.fmean(tr):.4f}  "
                       f"test acc {statistics.fmean(te):.4f}{sd}  {rs[0].seconds:.2f} s")
 
-    histories = train(spec, seeds, dataset=ds, ensemble=not args.no_ensemble,
-                      on_step=bar.update, on_epoch=on_epoch)
+    try:
+        histories = train(spec, seeds, dataset=ds, ensemble=not args.no_ensemble,
+                          on_step=bar.update, on_epoch=on_epoch, callbacks=logger)
+    finally:
+        if logger is not None:
+            logger.close()
     bar.close()
     finals = [h[-1] for h in histories]
     te = [r.test_accuracy for r in finals]
@@ -182,6 +192,14 @@ def _store_runs(out, experiment, spec, histories, checksums):
     return store.root
 
 
+def _tensorboard(log_dir):
+    """The TensorBoard logger of ``--tensorboard DIR`` (None without it)."""
+    if log_dir is None:
+        return None
+    from .callbacks import TensorBoardLogger
+    return TensorBoardLogger(log_dir)
+
+
 def _cmd_algorithms(args) -> int:
     from .channel.algorithm import ALGORITHMS, DESCRIPTIONS
     for name in ALGORITHMS:
@@ -219,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="result store folder, as `rbp run` writes and `rbp report` reads "
                                                "(must not exist or be empty)")
     r.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    r.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="log every network's epochs as TensorBoard scalars under DIR/seed<k> "
+                        "(needs pip install 'rbp[tensorboard]')")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-epoch lines")
     r.add_argument("--no-ensemble", action="store_true", help="train the seeds one after another")
     r.add_argument("--driver", default="fused", choices=["fused", "autograd"],
