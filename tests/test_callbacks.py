@@ -143,9 +143,9 @@ def test_rbp_train_tensorboard(tmp_path, capsys):
                  "--tensorboard", str(tb), "--out", str(out)]) == 0
     assert sorted(p.name for p in tb.iterdir()) == ["seed0", "seed1"]
     ev = _events(tb / "seed1")
-    rows = [r for r in (out / "history.csv").read_text().splitlines()[1:] if r.startswith("1,")]
-    header = (out / "history.csv").read_text().splitlines()[0].split(",")
-    rows = [dict(zip(header, r.split(","))) for r in rows]
+    # --out writes a result store: one run file per seed, its history one row per epoch
+    (seed1,) = (out / "runs").glob("*--seed1.json")
+    rows = json.loads(seed1.read_text())["history"]
     assert [s for s, _ in ev["accuracy/test"]] == [1, 2]
     for (step, v), row in zip(ev["accuracy/test"], rows):
         assert v == pytest.approx(float(row["test_accuracy"]), rel=1e-6)
@@ -158,9 +158,9 @@ def test_rbp_train_tensorboard(tmp_path, capsys):
                  "--out", str(tmp_path / "plain")]) == 0
 
     def numbers(folder):
-        lines = (folder / "history.csv").read_text().splitlines()
-        names = lines[0].split(",")
-        return [[v for k, v in zip(names, line.split(",")) if k != "seconds"] for line in lines]
+        runs = sorted((folder / "runs").glob("*.json"))
+        return [[{k: v for k, v in row.items() if k != "seconds"} for row in json.loads(p.read_text())["history"]]
+                for p in runs]
 
     assert numbers(out) == numbers(tmp_path / "plain")
 

@@ -46,7 +46,6 @@ from .channel.algorithm import algorithm
 from .data import Dataset
 from .errors import ConfigError
 from .models import MNIST_SIZES, cifar_convnet
-from .nn._fastops import gather_rows
 from .train import TrainSpec, Trainer, check_device
 
 N_TRAIN, BATCH = 60000, 100
@@ -204,7 +203,7 @@ def data_cost(ds, steps: int, device="cpu", batch: int = CIFAR_BATCH) -> float:
     for i in range(steps):
         _sync(device)
         t0 = time.perf_counter()
-        xb = gather_rows(x, perm[i * batch:(i + 1) * batch])
+        xb = x.index_select(0, perm[i * batch:(i + 1) * batch])
         augmentation.apply(xb, augmentation.draw(xb.shape[0], xb.shape[1:], gen).to(device))
         _sync(device)
         times.append(time.perf_counter() - t0)
