@@ -8,6 +8,10 @@ zero biases, as Keras initialised them.
 ``cifar_convnet(...)`` builds paper 1's CIFAR-10 network: 3 x [conv 5x5, 64
 tanh channels, stride 1 -> max-pool 3x3 stride 2], dense 1024 tanh, softmax
 output (folded into the loss).
+
+``lenet(...)`` builds the LeNet that BioTorch benchmarks on MNIST (Sanfiz & Akrout
+2021): conv 5x5 6 -> pool 2 -> conv 5x5 16 -> pool 2 -> conv 5x5 120 -> dense 84
+-> dense 10, ReLU after each convolution.
 """
 
 from __future__ import annotations
@@ -156,6 +160,59 @@ def cifar_convnet(in_channels: int = 3, image_size: int = 32, num_classes: int =
         layers.append(lin)
         if not last:
             layers.append(act.module())
+    model = nn.Sequential(*layers)
+    model.input_shape = (in_channels, image_size, image_size)
+    return model
+
+
+def lenet(in_channels: int = 1, image_size: int = 28, num_classes: int = 10, activation: str = "relu",
+          seed: int | None = None, *, ensemble: int | Sequence[int] | None = None) -> nn.Sequential:
+    """The LeNet of BioTorch's MNIST benchmark (their ``le_net_mnist``) as an ``nn.Sequential``.
+
+    Conv2d(C, 6, 5), f, MaxPool2d(2), Conv2d(6, 16, 5), f, MaxPool2d(2),
+    Conv2d(16, 120, 5), f, Flatten, Linear(120, 84), Linear(84, classes): as in
+    BioTorch there is no activation between the two dense layers.  The network
+    expects 32 x 32 maps (the third convolution then sees 5 x 5); BioTorch resizes
+    MNIST's 28 x 28 digits to 32 x 32, here the first convolution zero-pads a
+    smaller image up to 32 (padding (32 - image_size) / 2: 2 pixels for MNIST),
+    which keeps every digit's pixels unchanged.  Weights are Glorot (Xavier)
+    *uniform*, as BioTorch's ``init: xavier``, biases zero, drawn from the ``init``
+    stream of ``seed``.  ``ensemble`` works as for :func:`cifar_convnet`.
+    """
+    for key, v in (("in_channels", in_channels), ("image_size", image_size), ("num_classes", num_classes)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {v!r}")
+    if image_size > 32 or (32 - image_size) % 2:
+        raise ConfigError(f"lenet takes square images of at most 32 pixels, padded evenly to 32; got {image_size}")
+    act = get_activation(activation)
+    seeds = _seeds(seed, ensemble)
+    gens = [generator(s, "init") for s in seeds]
+    K = len(seeds) if ensemble is not None else None
+
+    def fill(weight, bound):
+        with torch.no_grad():
+            members = weight.unsqueeze(0) if K is None else weight
+            for w, g in zip(members, gens):
+                w.copy_(torch.rand(w.shape, generator=g).mul_(2 * bound).sub_(bound))
+
+    def conv(c_in, c_out, padding=0):
+        layer = StackedConv2d(K, c_in, c_out, 5, padding=padding) if K else nn.Conv2d(c_in, c_out, 5, padding=padding)
+        fill(layer.weight, 3 ** 0.5 * kernel_glorot_std(layer.weight.shape[-4:]))
+        nn.init.zeros_(layer.bias)
+        return layer
+
+    def dense(n_in, n_out):
+        layer = StackedLinear(K, n_in, n_out) if K else nn.Linear(n_in, n_out)
+        fill(layer.weight, 3 ** 0.5 * glorot_std(layer.weight.shape[-2:]))
+        nn.init.zeros_(layer.bias)
+        return layer
+
+    layers: list[nn.Module] = [EnsembleFold(K)] if K else []
+    layers += [conv(in_channels, 6, (32 - image_size) // 2), act.module(), nn.MaxPool2d(2),
+               conv(6, 16), act.module(), nn.MaxPool2d(2),
+               conv(16, 120), act.module(),
+               EnsembleFlatten(K) if K else nn.Flatten(),
+               dense(120, 84), dense(84, num_classes)]
     model = nn.Sequential(*layers)
     model.input_shape = (in_channels, image_size, image_size)
     return model
