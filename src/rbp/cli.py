@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hidden", type=_int_list, default=(100, 100, 100, 100), help="hidden sizes, e.g. 100,100")
     g.add_argument("--activation", default="tanh", help="tanh, relu, logistic or linear")
     g.add_argument("--freeze", type=_int_list, default=(), help="1-based weight layers kept fixed, e.g. 1,2")
-    g.add_argument("--model", default="mlp", help="mlp (default) or convnet (paper 1's CIFAR-10 network)")
+    g.add_argument("--model", default="mlp", help="mlp (default), convnet (paper 1's CIFAR-10 network), "
+                   "lenet or resnet20 (BioTorch's benchmark networks)")
     g.add_argument("--augment", action="store_true",
                    help="random translations up to 10 %% and horizontal flips (the CIFAR-10 protocol)")
     r = t.add_argument_group("running")

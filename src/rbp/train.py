@@ -29,7 +29,7 @@ from .channel.algorithm import Algorithm, algorithm as make_algorithm, training_
 from .channel.noise import generator
 from .errors import ConfigError
 from .diagnostics import Settling, alignment, model_alignment
-from .models import cifar_convnet, lenet, mlp
+from .models import cifar_convnet, lenet, mlp, resnet20
 from .nn.convert import convert
 from .nn import _sparse
 from .nn._fastops import gather_rows
@@ -41,9 +41,10 @@ PAPER_HIDDEN = (100, 100, 100, 100)
 
 # Network families a TrainSpec can name: "mlp" (sizes from ``hidden``) or paper 1's CIFAR-10
 # convolutional network (rbp.models.cifar_convnet; ``hidden`` is not used).
-MODELS = ("mlp", "convnet", "cifar_convnet", "lenet")
-CONV_MODELS = {"convnet": cifar_convnet, "cifar_convnet": cifar_convnet, "lenet": lenet}
-CONV_WEIGHT_LAYERS = 5     # 3 conv + 2 dense (both conv models)
+MODELS = ("mlp", "convnet", "cifar_convnet", "lenet", "resnet20")
+CONV_MODELS = {"convnet": cifar_convnet, "cifar_convnet": cifar_convnet, "lenet": lenet, "resnet20": resnet20}
+CONV_WEIGHT_LAYERS = {"convnet": 5, "cifar_convnet": 5, "lenet": 5, "resnet20": 20}
+SINGLE_ONLY = ("resnet20",)   # conv models without an ensemble layout (batch norm)
 CONV_PROBE = 256           # examples in the alignment probe batch of a conv net (rbp.diagnostics)
 
 
@@ -87,7 +88,7 @@ class TrainSpec:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if not isinstance(self.augment, bool):
             raise ConfigError(f"augment must be true or false, got {self.augment!r}")
-        n_layers = len(self.hidden) + 1 if self.model == "mlp" else CONV_WEIGHT_LAYERS
+        n_layers = len(self.hidden) + 1 if self.model == "mlp" else CONV_WEIGHT_LAYERS[self.model]
         for h in self.frozen:
             if not (isinstance(h, int) and 1 <= h <= n_layers):
                 raise ConfigError(f"frozen layer {h!r} out of range 1..{n_layers}")
@@ -430,6 +431,8 @@ def ensemble_capacity(spec: TrainSpec, input_dim: int, num_classes: int, memory:
     temporaries of the grouped convolutions).
     """
     memory = available_memory(spec.device) if memory is None else memory
+    if spec.model in SINGLE_ONLY:
+        return 1
     if spec.model in CONV_MODELS:
         if torch.device(spec.device).type == "cpu":
             # measured (docs/conv.md): oneDNN's grouped convolutions are slower per network than

@@ -182,7 +182,7 @@ ALGORITHMS: dict[str, Algorithm] = {
 # Kolen-Pollack's shared weight decay: rbp's default for the papers' SGD protocol (lr 0.1); the
 # authors' released NumPy code trains without decay (its factor is 1).  With lr eta and decay
 # lambda, B - W shrinks by (1 - eta lambda) per step.
-KP_DECAY = 1e-3
+KP_DECAY = 1e-2
 _FAMILY = {
     "kp": (Algorithm("kp", "chain", adaptive=True, adapt_rate=1.0, weight_decay=KP_DECAY),
            "Kolen-Pollack (Akrout et al. 2019): feedback gets the forward update, both decay alike; B -> W^T"),
@@ -296,7 +296,7 @@ def algorithm(name: str | Algorithm, **options) -> Algorithm:
             if spec.per_synapse and base.route != "skip":
                 raise ConfigError("feedback 'per-synapse' is defined for the skipped route (srbp) only")
             if spec.refreshed and (base.adaptive or base.mirror_rate):
-                raise ConfigError(f"feedback {value!r} is set anew every minibatch and cannot learn ({base.name})")
+                raise ConfigError(f"feedback {value!r} is set anew every minibatch and cannot adapt ({base.name})")
             changes["feedback"] = spec
         elif key == "derivative":
             if not isinstance(value, bool):
