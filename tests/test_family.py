@@ -331,3 +331,42 @@ def test_family_trains_digits_from_the_cli(alg, tmp_path):
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout.strip().splitlines()[-1])
     assert summary["algorithm"] == alg and summary["test_accuracy"] >= 0.9
+
+
+# ---------------------------------------------------------------- BioTorch's benchmark networks
+
+@pytest.mark.parametrize("alg", ["bp", "rbp", "srbp", "kp", "wm", "usf", "brsf", "frsf"])
+def test_resnet20_converts_and_trains_a_few_steps(alg):
+    from rbp.models import resnet20
+    from rbp.diagnostics import model_alignment
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    m = rbp.convert(resnet20(image_size=16, seed=0, width=4), alg, seed=1)
+    ss = [s for s in m.modules() if isinstance(s, (FeedbackLinear, FeedbackConv2d))]
+    assert len(ss) == 20 and sum(isinstance(s, FeedbackConv2d) for s in ss) == 19
+    w0 = [s.weight.detach().clone() for s in ss]
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        assert all(torch.isfinite(s.weight.grad).all() for s in ss)
+        opt.step()
+        m.rbp_channel.after_step()
+    assert all((s.weight.detach() - w).abs().max() > 0 for s, w in zip(ss, w0))
+    fig = model_alignment(m, x, y)[0]
+    assert all(math.isfinite(fig[f"signal_angle_{h}"]) for h in range(1, 20))
+    if alg not in ("bp", "srbp"):
+        assert all(math.isfinite(fig[f"feedback_angle_{h}"]) for h in range(1, 20))
+
+
+def test_lenet_has_biotorchs_shapes_and_converts():
+    from rbp.models import lenet
+    m = lenet(seed=0)
+    x = torch.zeros(2, 1, 28, 28)
+    assert m(x).shape == (2, 10)
+    shapes = [tuple(p.shape) for n, p in m.named_parameters() if n.endswith("weight")]
+    assert shapes == [(6, 1, 5, 5), (16, 6, 5, 5), (120, 16, 5, 5), (84, 120), (10, 84)]
+    c = rbp.convert(m, "frsf", seed=0)
+    F.cross_entropy(c(torch.randn(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3])).backward()
+    ens = lenet(seed=0, ensemble=[0, 1])          # member 0 is the network alone
+    torch.testing.assert_close(ens(x.unsqueeze(0).expand(2, -1, -1, -1, -1))[0], m(x))
