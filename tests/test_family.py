@@ -58,6 +58,10 @@ def test_family_is_in_the_registry_with_its_papers():
     assert str(rbp.ALGORITHMS["brsf"].feedback) == "sign-concordant"   # paper 1's observation 2, reused
     kp = rbp.ALGORITHMS["kp"]
     assert kp.adaptive and kp.adapt_rate == 1.0 and kp.weight_decay > 0
+    # KP without its decay is ARBP at the forward rate (paper 2's symmetry-adaptive experiments ran that)
+    from rbp.channel.algorithm import training_signature
+    assert training_signature(rbp.algorithm("kp", weight_decay=0)) == training_signature(
+        rbp.algorithm("arbp", adapt_rate=1.0))
     assert rbp.algorithm("kp").describe() == "kp" and rbp.algorithm("usf").describe() == "usf"
     assert rbp.algorithm("kp", weight_decay=0.5).describe() == "kp[decay 0.5]"
     assert rbp.algorithm("wm", mirror_noise=0.5).options() == {"mirror_noise": 0.5}

@@ -122,7 +122,7 @@ class Algorithm:
             extras.append(f"lc-dropout {self.dropout:g}")
         if self.update != "full":
             extras.append(f"{self.update}-only")
-        for key, label in (("adapt_rate", "adapt x{:g}"), ("weight_decay", "decay {:g}"),
+        for key, label in (("weight_decay", "decay {:g}"),
                            ("mirror_rate", "mirror rate {:g}"), ("mirror_noise", "mirror noise {:g}"),
                            ("mirror_decay", "mirror decay {:g}"), ("mirror_batch", "mirror batch {}")):
             if getattr(self, key) != getattr(defaults, key, getattr(Algorithm, key)):

@@ -1,4 +1,4 @@
-"""Weight mirrors (Akrout et al. 2019, "Deep learning without weight transport", section 3).
+"""Weight mirrors (Akrout et al. 2019, "Deep learning without weight transport", NeurIPS).
 
 A weight mirror is a second mode of the network in which the feedback path learns
 the forward weights from their own effect: every layer is driven by zero-mean
