@@ -213,7 +213,7 @@ def _tensorboard(log_dir):
 def _cmd_algorithms(args) -> int:
     from .channel.algorithm import ALGORITHMS, DESCRIPTIONS
     for name in ALGORITHMS:
-        print(f"{name:6s} {DESCRIPTIONS[name]}")
+        print(f"{name:{max(map(len, ALGORITHMS))}s}  {DESCRIPTIONS[name]}")
     return 0
 
 
