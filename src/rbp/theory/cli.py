@@ -343,7 +343,30 @@ def _cmd_sweep(args) -> int:
     result = {"records": _load_sweep(data)["records"], "files": [str(f) for f in files],
               "seconds": round(time.perf_counter() - t0, 1)}
     lines = [f"wrote {', '.join(str(f) for f in files)} ({result['seconds']} s)"]
+    if args.replot:
+        lines += ["", *_sweep_table(result["records"])]
     return _emit(args, result, lines)
+
+
+def _sweep_table(records) -> list[str]:
+    """A markdown table of a sweep: alignment mean +- sd (runs; diverged runs) per width and lambda."""
+    widths = sorted({r["width"] for r in records})
+    lams = sorted({r["lam"] for r in records})
+    cell = {(r["width"], r["lam"]): r for r in records}
+    out = ["| p | " + " | ".join(f"lambda = {lam:g}" for lam in lams) + " |",
+           "|---|" + "---|" * len(lams)]
+    for w in widths:
+        row = []
+        for lam in lams:
+            r = cell.get((w, lam))
+            if r is None:
+                row.append("")
+                continue
+            al = "-" if r["alignment_mean"] is None else f"{r['alignment_mean']:.3f} ± {r['alignment_sd']:.3f}"
+            note = f"{r['runs']}" + (f"; {r['diverged_runs']} div." if r["diverged_runs"] else "")
+            row.append(f"{al} ({note})")
+        out.append(f"| {w} | " + " | ".join(row) + " |")
+    return out
 
 
 def _cmd_mnist(args) -> int:
@@ -450,7 +473,7 @@ def _two_layer_options(p):
     p.add_argument("--eta", type=float, default=None,
                    help="fixed step size (default: authors 1e-3 linear, 1e-2 relu, 0.1 tanh and sigmoid)")
     p.add_argument("--eta-scale", type=float, default=None,
-                   help="step as a multiple of 1/lambda_max of each run's initial output kernel "
+                   help="step as a multiple of 1/lambda_max of each run's initial tangent kernel "
                         "(the normalised protocol's default: 1.8 for lambda = 0, 0.2 for lambda > 0)")
     p.add_argument("--target", default=None, choices=["linear", "teacher"],
                    help="default: authors: y = X theta for linear units, a random teacher of the same width "

@@ -26,8 +26,8 @@ Two protocols (``docs/theory.md`` compares them):
   ``5000 sqrt(p/200)`` steps, then on until the loss changes by less than
   0.001 between two checks 1000 steps apart.
 * ``"normalised"``: ``x ~ N(0, I_d/d)``, unit-scale targets, ``1/2 |e|^2``, a
-  step of ``s / lambda_max`` of the initial output kernel, run until the loss
-  is below 1e-18 or a step budget is spent.
+  step of ``s / lambda_max`` of each run's initial tangent kernel, run until
+  the loss is below 1e-18 or a step budget is spent.
 
 Implementation notes:
 
@@ -89,7 +89,7 @@ class Protocol:
                                # "relu5": 5 ReLU units, rescaled to unit RMS
     loss: str                  # "mse": (1/n) sum e^2; "half_sse": 1/2 sum e^2
     step: dict | None          # fixed step per activation, or None: kernel-scaled step
-    eta_scale: tuple | None    # (lambda = 0, lambda > 0) multiples of 1/lambda_max (kernel-scaled)
+    eta_scale: tuple | None    # (lambda = 0, lambda > 0) multiples of 1/lambda_max of the tangent kernel
     min_steps: int | None      # None: 5000 sqrt(p / 200)
     max_steps: int
     check_every: int           # 0: no loss-change test
@@ -281,9 +281,13 @@ class _FullState:
         return alignment(self.b, self.beta)
 
     def kernel_top(self) -> torch.Tensor:
-        """``lambda_max((1/p) Phi Phi^T)`` per run."""
-        Phi = self.psi_grad(self.Z)[0]
-        return torch.linalg.eigvalsh(Phi @ Phi.transpose(1, 2) / self.p)[..., -1]
+        """Largest eigenvalue of the tangent kernel at the current point, per run:
+        ``(1/p) (Phi Phi^T + (psi'(Z) diag(beta^2) psi'(Z)^T) * X X^T)``."""
+        Phi, dPhi = self.psi_grad(self.Z)
+        X = self.X
+        hidden = (dPhi * self.beta.pow(2).unsqueeze(1)) @ dPhi.transpose(1, 2) * (X @ X.transpose(1, 2))
+        K = (Phi @ Phi.transpose(1, 2) + hidden) / self.p
+        return torch.linalg.eigvalsh(K.double())[..., -1]
 
     def step(self):
         Phi, dPhi, e = self._cache
@@ -354,7 +358,9 @@ class _LinearState:
         return Ka[:, 1] / (self.K[:, 1, 1].sqrt() * (self.a * Ka).sum(-1).sqrt())
 
     def kernel_top(self) -> torch.Tensor:
-        return torch.linalg.eigvalsh(self.K[:, 2:, 2:] / self.p)[..., -1]
+        """As :meth:`_FullState.kernel_top`, at the start (``beta = beta(0)``, ``psi' = 1``)."""
+        K = (self.K[:, 2:, 2:] + self.K[:, :1, :1] * self.G) / self.p
+        return torch.linalg.eigvalsh(K)[..., -1]
 
     def step(self):
         Ka, e = self._cache
@@ -470,8 +476,8 @@ def train_two_layer(
     arguments override parts of it when given: ``steps`` (largest number of
     steps), ``min_steps``, ``check_every``, ``change_tol`` (the loss-change
     test), ``tol`` (stop once the loss is below it), ``eta`` (fixed step) or
-    ``eta_scale`` (step as a multiple of ``1/lambda_max`` of the initial output
-    kernel, per run). ``target`` is ``"linear"`` or ``"teacher"`` (default: the
+    ``eta_scale`` (step as a multiple of ``1/lambda_max`` of each run's initial
+    tangent kernel, :meth:`_FullState.kernel_top`). ``target`` is ``"linear"`` or ``"teacher"`` (default: the
     authors' teacher for nonlinear units, a linear target otherwise).
     Run ``k`` of the result is run index ``first_run + k``; its draws depend on
     ``(seed, first_run + k)`` only. ``track``: ``'z'`` (update ``Z = X W^T``),
