@@ -140,6 +140,7 @@ def test_top_layer_follows_the_gradient(alg, opts):
 
 
 @pytest.mark.parametrize("alg,opts", VARIANTS + [("rbp", {"quantize_update": 3}),
+                                                  ("srbp", {"quantize_update": 2, "quantize_update_mode": "flush+share"}),
                                                   ("srbp", {"update": "magnitude"}), ("arbp-small", {}),
                                                   ("atwin", {"init_scale": 0.5, "feedback_scale": 0.1})])
 def test_fused_driver_equals_autograd_driver(alg, opts):
@@ -190,22 +191,78 @@ def test_quantized_error_hand_computed():
         torch.testing.assert_close(got[f"{2 * h}.weight"], g, atol=1e-12, rtol=0)
 
 
-def test_quantized_update_hand_computed():
-    """Each example's update I_n O_n^T is quantized (alpha 2^-6) before the minibatch sum."""
+@pytest.mark.parametrize("mode", ["eq19", "flush", "after-lr", "sum", "share", "flush+after-lr", "flush+share"])
+@pytest.mark.parametrize("bits", [1, 2, 5])
+def test_quantized_update_hand_computed(mode, bits):
+    """Each example's update I_n O_n^T is quantized (alpha 2^-6) before the minibatch reduction,
+    in every reading of section 5.2 (channel.quantize.UPDATE_MODES), written out literally here."""
     x, y = batch()
-    bits, alpha = 2, 2.0 ** -6
-    m = net(DEEP, "srbp", quantize_update=bits)
+    alpha, lr = 2.0 ** -6, 0.1
+    words = mode.split("+")
+    opts = {"quantize_update_lr": lr} if "after-lr" in words else {}
+    m = net(DEEP, "srbp", quantize_update=bits, quantize_update_mode=mode, **opts)
     S, O = forward(m, x)
     E = output_error(S[3], y)
     I = [dtanh(S[h]) * (E @ sites(m)[h + 1].feedback) for h in range(3)] + [E]
     got = grads(m, x, y)
     B = x.shape[0]
+    flush = "flush" in words
+
+    def step(u):   # the weight change the reading prescribes, from per-example updates u (B, ...)
+        if "after-lr" in words:
+            u = u * lr
+        if "share" in words:
+            u = u / B
+        q = quantize(u, alpha, bits, flush=flush)
+        if flush:   # written out: a value whose exponent rounds below the lowest level is 0
+            e = torch.round(torch.log2(u.abs() / alpha))
+            assert torch.equal(q == 0, (e < -(bits - 1)) | (u == 0))
+        total = q.sum(0) if ("sum" in words or "share" in words) else q.mean(0)
+        return total if "after-lr" in words else lr * total
+
     for h in range(4):
         per_example = torch.stack([torch.outer(I[h][n], O[h][n]) for n in range(B)])
-        want = -quantize(per_example, alpha, bits).sum(0) / B
-        torch.testing.assert_close(got[f"{2 * h}.weight"], want, atol=1e-12, rtol=0)
-        torch.testing.assert_close(got[f"{2 * h}.bias"], -quantize(I[h], alpha, bits).sum(0) / B,
-                                   atol=1e-12, rtol=0)
+        # the gradient, times the learning rate, is minus the step
+        torch.testing.assert_close(got[f"{2 * h}.weight"] * lr, -step(per_example), atol=1e-12, rtol=0)
+        torch.testing.assert_close(got[f"{2 * h}.bias"] * lr, -step(I[h]), atol=1e-12, rtol=0)
+    if flush and bits == 1:
+        assert any((got[f"{2 * h}.weight"] == 0).any() for h in range(4))   # the flush did something
+
+
+@pytest.mark.parametrize("bits", [1, 3, 5])
+def test_quantized_update_flush_float32_kernel_and_fallback_agree(bits, monkeypatch):
+    """The flushed sum (two clipped sums, compiled or not) equals the literal per-example sum."""
+    from rbp.nn import _qkernel
+    x, y = batch(rows=40)
+    m = rbp.convert(rbp.mlp(DEEP, "tanh", seed=0), "rbp", seed=1, quantize_update=bits,
+                    quantize_update_mode="flush")
+    xf = x.float()
+    got = grads(m, xf, y)
+    monkeypatch.setattr(_qkernel, "load", lambda: None)     # the PyTorch path
+    torch_path = grads(m, xf, y)
+    for k in got:
+        torch.testing.assert_close(got[k], torch_path[k], atol=1e-6, rtol=1e-5)
+    # the top layer by hand, in float64
+    S, O = forward(m.double(), x)
+    E = output_error(S[3], y)
+    per_example = torch.stack([torch.outer(E[n], O[3][n]) for n in range(40)])
+    want = -quantize(per_example, 2.0 ** -6, bits, flush=True).mean(0)
+    torch.testing.assert_close(got["6.weight"].double(), want, atol=1e-6, rtol=1e-5)
+
+
+def test_quantized_update_mode_validation():
+    with pytest.raises(rbp.ConfigError, match="after-lr.*quantize_update_lr"):
+        rbp.algorithm("rbp", quantize_update=3, quantize_update_mode="after-lr")
+    with pytest.raises(rbp.ConfigError, match="needs quantize_update"):
+        rbp.algorithm("rbp", quantize_update_mode="flush")
+    with pytest.raises(rbp.ConfigError, match="subset of"):
+        rbp.algorithm("rbp", quantize_update=3, quantize_update_mode="round-down")
+    with pytest.raises(rbp.ConfigError, match="drop 'sum'"):
+        rbp.algorithm("rbp", quantize_update=3, quantize_update_mode="sum+share")
+    a = rbp.algorithm("rbp", quantize_update=3, quantize_update_mode="sum+flush")
+    assert a.quantize_update_mode == "flush+sum"            # canonical order
+    assert rbp.algorithm(a.name, **a.options()) == a         # options() rebuilds it
+    assert "flush+sum" in a.describe()
 
 
 def test_sign_and_magnitude_only_updates():

@@ -47,6 +47,9 @@ def add_algorithm_options(p: argparse.ArgumentParser):
     g.add_argument("--quantize-error", type=int, metavar="BITS", help="quantize the error signal (Eq. 19, alpha 2^-3)")
     g.add_argument("--quantize-update", type=int, metavar="BITS",
                    help="quantize each example's weight update (Eq. 19, alpha 2^-6)")
+    g.add_argument("--quantize-update-mode", default=None, metavar="MODE",
+                   help="reading of section 5.2: eq19 (default) or a '+'-joined set of flush, after-lr, "
+                        "sum, share (after-lr uses --lr, which must not decay)")
     g.add_argument("--lc-dropout", type=_probability, default=0.0, metavar="P",
                    help="learning-channel dropout probability in [0, 1)")
     g.add_argument("--update", choices=["full", "sign", "magnitude"], default="full",
@@ -57,8 +60,15 @@ def add_algorithm_options(p: argparse.ArgumentParser):
 
 def algorithm_from_args(args):
     from .channel.algorithm import algorithm
+    mode = args.quantize_update_mode
+    lr = None
+    if mode and "after-lr" in mode.split("+"):
+        if getattr(args, "decay", 0):
+            raise ConfigError("--quantize-update-mode after-lr needs a constant learning rate: add --decay 0")
+        lr = getattr(args, "lr", None)
     return algorithm(args.algorithm, feedback=args.feedback, derivative=not args.no_derivative,
                      quantize_error=args.quantize_error, quantize_update=args.quantize_update,
+                     quantize_update_mode=mode, quantize_update_lr=lr,
                      dropout=args.lc_dropout, update=args.update, adapt_rate=args.adapt_rate)
 
 

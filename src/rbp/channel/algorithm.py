@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from . import feedback as fb
-from .quantize import ERROR_ALPHA, MAX_BITS, MIN_BITS, UPDATE_ALPHA
+from .quantize import ERROR_ALPHA, MAX_BITS, MIN_BITS, UPDATE_ALPHA, parse_update_mode
 
 ROUTES = ("chain", "product", "skip", "top")
 UPDATES = ("full", "sign", "magnitude")
@@ -73,6 +73,8 @@ class Algorithm:
     quantize_error_alpha: float = ERROR_ALPHA
     quantize_update: int | None = None
     quantize_update_alpha: float = UPDATE_ALPHA
+    quantize_update_mode: str = "eq19"         # which reading of section 5.2 (channel.quantize.UPDATE_MODES)
+    quantize_update_lr: float | None = None    # the (constant) learning rate the "after-lr" reading needs
     dropout: float = 0.0
     update: str = "full"
     loss_reduction: str = "mean"
@@ -108,7 +110,8 @@ class Algorithm:
         if self.quantize_error:
             extras.append(f"qerr {self.quantize_error}b")
         if self.quantize_update:
-            extras.append(f"qupd {self.quantize_update}b")
+            mode = "" if self.quantize_update_mode == "eq19" else " " + self.quantize_update_mode
+            extras.append(f"qupd {self.quantize_update}b{mode}")
         if self.dropout:
             extras.append(f"lc-dropout {self.dropout:g}")
         if self.update != "full":
@@ -132,7 +135,7 @@ class Algorithm:
             out["feedback"] = str(self.feedback)
         for key in ("derivative", "quantize_error", "quantize_update", "dropout", "update",
                     "adapt_rate", "loss_reduction", "quantize_error_alpha", "quantize_update_alpha",
-                    "backward_nonlinearity", "backward_hidden", "feedback_scale", "init_scale"):
+                    "quantize_update_mode", "quantize_update_lr", "backward_nonlinearity", "backward_hidden", "feedback_scale", "init_scale"):
             if getattr(self, key) != getattr(defaults, key):
                 out[key] = getattr(self, key)
         return out
@@ -211,7 +214,7 @@ for _name, (_alg, _text) in _PAPER2.items():
 
 OPTION_NAMES = ("feedback", "derivative", "quantize_error", "quantize_update", "dropout", "update",
                 "adapt_rate", "loss_reduction", "quantize_error_alpha", "quantize_update_alpha",
-                "backward_nonlinearity", "backward_hidden", "feedback_scale", "init_scale")
+                "quantize_update_mode", "quantize_update_lr", "backward_nonlinearity", "backward_hidden", "feedback_scale", "init_scale")
 
 
 def _check_bits(key, value):
@@ -316,13 +319,26 @@ def algorithm(name: str | Algorithm, **options) -> Algorithm:
             changes[key] = scale
         elif key == "init_scale":
             changes[key] = _check_positive(key, value)
-        elif key in ("quantize_error_alpha", "quantize_update_alpha"):
+        elif key in ("quantize_error_alpha", "quantize_update_alpha", "quantize_update_lr"):
             changes[key] = _check_positive(key, value)
+        elif key == "quantize_update_mode":
+            try:
+                words = parse_update_mode(value)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            changes[key] = "+".join(words) or "eq19"
         elif key == "loss_reduction":
             if value not in ("mean", "sum"):
                 raise ConfigError(f"loss_reduction must be 'mean' or 'sum', got {value!r}")
             changes[key] = value
     result = dataclasses.replace(base, **changes)
+    if result.quantize_update_mode != "eq19" and not result.quantize_update:
+        raise ConfigError("quantize_update_mode needs quantize_update (the number of bits)")
+    if "after-lr" in result.quantize_update_mode.split("+") and result.quantize_update_lr is None:
+        raise ConfigError("quantize_update_mode 'after-lr' needs quantize_update_lr, the constant learning rate "
+                          "the quantizer sees the update after")
+    if result.quantize_update_lr is not None and "after-lr" not in result.quantize_update_mode.split("+"):
+        raise ConfigError("quantize_update_lr is only used by quantize_update_mode 'after-lr'")
     if result.feedback.per_synapse and (result.adaptive or result.quantize_error or result.dropout
                                         or result.backward_nonlinearity or result.backward_hidden):
         raise ConfigError("feedback 'per-synapse' does not combine with adaptation, quantize_error, dropout, "

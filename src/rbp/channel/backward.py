@@ -129,7 +129,26 @@ def signal_operators(site, J: torch.Tensor, scale: float, probe: bool = False) -
     return J
 
 
-def weight_update(site, g, x, top: bool, scale: float, error=None, fbk=None):
+def update_quantizer(alg, rows: int) -> tuple[float, bool, float]:
+    """(alpha, flush, factor) that realise the algorithm's reading of the quantized update.
+
+    Every reading of ``channel.quantize.UPDATE_MODES`` is the minibatch mean of
+    Q_alpha'(u_n) over the examples' updates u_n (the paper's units), times a
+    factor, because Eq. 19 is scale-equivariant: Q_a(c u) = c Q_{a/c}(u) for
+    c > 0.  Quantizing eta u_n ("after-lr") is thus eta Q_{alpha/eta}(u_n), and
+    quantizing u_n / N ("share") is Q_{alpha N}(u_n) / N.  The modes are stated
+    for the paper's batch-mean loss.
+    """
+    words = alg.quantize_update_mode.split("+")
+    c = 1.0
+    if "after-lr" in words:
+        c *= alg.quantize_update_lr
+    if "share" in words:
+        c /= rows
+    return alg.quantize_update_alpha / c, "flush" in words, float(rows) if "sum" in words else 1.0
+
+
+def weight_update(site, g, x, top: bool, scale: float, error=None, fbk=None, rows: int = 1):
     """dLoss/dW and dLoss/db in the algorithm's sense, with the update operators."""
     alg = site.algorithm
     if alg.feedback.per_synapse and not top:
@@ -138,7 +157,11 @@ def weight_update(site, g, x, top: bool, scale: float, error=None, fbk=None):
         # sum_n g_nj x_ni sum_k P_kji E_nk, and likewise for the bias (a synapse from a constant unit)
         gW, gb = site.per_synapse_update(error, g, x, fbk)
     elif alg.quantize_update:
-        gW, gb = site.per_example_update(g, x, alg.quantize_update_alpha, alg.quantize_update, scale)
+        alpha, flush, factor = update_quantizer(alg, rows)
+        gW, gb = site.per_example_update(g, x, alpha, alg.quantize_update, scale, flush=flush)
+        if factor != 1.0:
+            gW.mul_(factor)
+            gb = None if gb is None else gb.mul_(factor)
     else:
         gW = site.grad_weight(g, x)
         gb = site.grad_bias(g) if site.bias is not None else None
@@ -241,7 +264,7 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
 
     gW = gb = gF = J = None
     if need_w or need_b or (need_f and alg.route == "chain"):
-        gW, gb = weight_update(site, g, x, top, scale, pas.error, fbk)
+        gW, gb = weight_update(site, g, x, top, scale, pas.error, fbk, rows=pas.rows)
     if need_f:
         if alg.route == "skip":
             gF = site.grad_skip(source, x).mul_(alg.adapt_rate)

@@ -72,8 +72,8 @@ PROTOCOL_DEFAULTS = dict(epochs=100, seeds=5, batch_size=100, lr=0.1, decay=1e-6
                          hidden=(100, 100, 100, 100), activation="tanh", frozen=(), model="mlp",
                          augment=False)
 OVERRIDABLE = ("batch_size", "lr", "decay", "momentum", "hidden", "activation", "frozen")
-ALGORITHM_OPTIONS = ("feedback", "derivative", "quantize_error", "quantize_update", "dropout", "update",
-                     "adapt_rate", "feedback_scale", "init_scale")
+ALGORITHM_OPTIONS = ("feedback", "derivative", "quantize_error", "quantize_update", "quantize_update_mode",
+                     "quantize_update_lr", "dropout", "update", "adapt_rate", "feedback_scale", "init_scale")
 TOP_KEYS = ("name", "description", "reference", "dataset", "requires", "protocol", "config")
 CONFIG_KEYS = ("id", "label", "algorithm", *ALGORITHM_OPTIONS, *OVERRIDABLE, "row", "group",
                "paper_mean", "paper_sd", "note")
@@ -160,6 +160,7 @@ CONFIG_CHECKS = {
     "paper_sd": _float(0), "note": _str(),
     # algorithm options: types here, meaning and ranges in rbp.algorithm
     "feedback": _str(), "derivative": _bool, "quantize_error": _int(0), "quantize_update": _int(0),
+    "quantize_update_mode": _str(), "quantize_update_lr": _float(0, lo_open=True),
     "dropout": _float(0, 1), "update": _str(), "adapt_rate": _float(0, lo_open=True),
     "feedback_scale": _float(0, lo_open=True), "init_scale": _float(0, lo_open=True),
 }

@@ -168,7 +168,7 @@ class ConvOps:
         xm = self.to_members(x)
         return error.transpose(-1, -2) @ xm.reshape(*xm.shape[:-3], -1)
 
-    def per_example_update(self, g, x, alpha, bits, scale):
+    def per_example_update(self, g, x, alpha, bits, scale, flush=False):
         """(1/scale) sum_n Q(scale * dW_n): each example's kernel update quantized (Eq. 19) before the sum.
 
         dW_n = sum over output positions p of g_n[:, p] (x_n's patch at p)^T: a kernel
@@ -189,10 +189,10 @@ class ConvOps:
         for i in range(0, B, step):
             cols = F.unfold(x[i:i + step], k, self.dilation, self.padding, self.stride)   # (n, K*C*kh*kw, P)
             cols = cols.view(cols.shape[0], K, patch, -1)
-            gW += quantize(torch.matmul(g4[i:i + step], cols.transpose(-1, -2)), alpha, bits).sum(0)
+            gW += quantize(torch.matmul(g4[i:i + step], cols.transpose(-1, -2)), alpha, bits, flush).sum(0)
         gb = None
         if self.bias is not None:
-            gb = quantize(g4.sum(-1), alpha, bits).sum(0).div_(scale).view(self.bias.shape)
+            gb = quantize(g4.sum(-1), alpha, bits, flush).sum(0).div_(scale).view(self.bias.shape)
         return gW.view(self.weight.shape).div_(scale), gb
 
     def per_synapse_update(self, error, g, x, P):  # pragma: no cover - refused by convert()

@@ -115,43 +115,54 @@ class LinearOps:
             gb = (P[..., inp] * eg.sum(-2).unflatten(-1, (n_top, out))).sum(-2)
         return gW, gb
 
-    def per_example_update(self, g, x, alpha, bits, scale):
+    def per_example_update(self, g, x, alpha, bits, scale, flush=False):
         """(1/scale) sum_n Q(scale * g_n x_n^T): each example's update quantized (Eq. 19) before the sum.
 
         The exponent of a product is the sum of the factors' exponents, so
         log2|g| and log2|x| are taken once per vector and only their outer sum,
         the clamp, the rounding and the power of two are computed per synapse
         and example (in chunks of at most ``_CHUNK_ELEMENTS`` numbers).
+
+        ``flush``: terms whose exponent rounds below the lowest level are zero.
+        Per term, with t_L = 2^round(clamp(e, L, 0)) and lo the lowest level,
+        2 t_{lo-1} - t_lo is t_lo where round(e) >= lo and 0 below, so the
+        flushed sum is two clipped sums (exact per term; the sums round as any).
         """
         g2, x2 = self._rows2(g) * scale, self._rows2(x)
+        lo = -(bits - 1)
+        if flush:
+            low = self._clipped_outer_sum(g2, x2, alpha, lo - 1)
+            gW = low.mul_(2.0).sub_(self._clipped_outer_sum(g2, x2, alpha, lo))
+        else:
+            gW = self._clipped_outer_sum(g2, x2, alpha, lo)
+        gW.mul_(alpha / scale)
+        gb = None
+        if self.bias is not None:
+            gb = quantize(g2, alpha, bits, flush=flush).sum(-2).div_(scale)
+        return gW, gb
+
+    def _clipped_outer_sum(self, g2, x2, alpha, lo):
+        """sum_n sign(g x) 2^round(clamp(log2|g_nj x_ni| - log2 alpha, lo, 0)), ([K,] out, in)."""
         n, out, inp = g2.shape[-2], g2.shape[-1], x2.shape[-1]
         lead = g2.shape[:-2]
         sg, sx = torch.sign(g2), torch.sign(x2)
-        if bits == 1:  # one level: Q(v) = alpha * sign(v), so the sum is a product of sign matrices (exact)
-            return self._finish_quantized(sg.transpose(-1, -2) @ sx, g2, alpha, bits, scale)
+        if lo == 0:  # one level: the sum is a product of sign matrices (exact)
+            return sg.transpose(-1, -2) @ sx
         lg = g2.abs().log2_().sub_(math.log2(alpha))
         lx = x2.abs().log2_()
-        gW = None
         if _qkernel.applicable(lg, lx):
-            gW = _qkernel.quantized_outer_sum(lg, sg, lx, sx, -(bits - 1))
-        if gW is not None:
-            return self._finish_quantized(gW, g2, alpha, bits, scale)
+            gW = _qkernel.quantized_outer_sum(lg, sg, lx, sx, lo)
+            if gW is not None:
+                return gW
         gW = g2.new_zeros(*lead, out, inp)
         step = max(1, _CHUNK_ELEMENTS // max(1, out * inp * (lead[0] if lead else 1)))
         for i in range(0, n, step):
             sl = slice(i, i + step)
             e = torch.add(lg[..., sl, :].unsqueeze(-1), lx[..., sl, :].unsqueeze(-2))
-            e.clamp_(-(bits - 1), 0).round_().exp2_()
+            e.clamp_(lo, 0).round_().exp2_()
             e.mul_(sg[..., sl, :].unsqueeze(-1)).mul_(sx[..., sl, :].unsqueeze(-2))
             gW += e.sum(-3)
-        return self._finish_quantized(gW, g2, alpha, bits, scale)
-
-    def _finish_quantized(self, gW, g2, alpha, bits, scale):
-        gW.mul_(alpha / scale)
-        gb = None
-        if self.bias is not None:
-            gb = quantize(g2, alpha, bits).sum(-2).div_(scale)
-        return gW, gb
+        return gW
 
 
 class FeedbackLinear(LinearOps, nn.Module):
