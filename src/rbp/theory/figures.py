@@ -200,6 +200,7 @@ def two_layer_alignment_panels(path, panels, *, protocol: str = "authors") -> Pa
     of diverged runs is written beside a point that had any.
     """
     fig, axes = _panel_grid(len(panels))
+    all_widths = sorted({r["width"] for _, _, records, _ in panels for r in records})
     for ax, (act, target, records, _) in zip(axes, panels):
         lams = sorted({r["lam"] for r in records})
         for lam in lams:
@@ -214,9 +215,9 @@ def two_layer_alignment_panels(path, panels, *, protocol: str = "authors") -> Pa
                                 textcoords="offset points", xytext=(4, -10), fontsize=7,
                                 color=line[0].get_color())
         ax.set_xscale("log", base=2)
-        widths = sorted({r["width"] for r in records})
-        ax.set_xticks(widths)
-        ax.set_xticklabels([str(w) for w in widths], fontsize=8)
+        ax.set_xticks(all_widths)                 # the same axis in every panel
+        ax.set_xticklabels([str(w) for w in all_widths], fontsize=8)
+        ax.set_xlim(all_widths[0] / 1.3, all_widths[-1] * 1.3)
         ax.minorticks_off()
         ax.set_xlabel("hidden width p")
         ax.set_ylabel(r"alignment $\cos(b, \beta)$")
