@@ -4,12 +4,19 @@
 # in all. Each point is written to sweep_<activation>.json as soon as it is done; later stages --append.
 # Run from the repository root:  bash results/theory/paper3/run_sweep.sh
 #
-# How it was actually run (the same commands, in three parts, because the order was changed twice):
+# How it was actually run (the same commands, in four parts):
 #   part 1 (09:45-09:51 UTC, stopped by hand after relu width 800, lambda 0):
 #     rbp theory sweep --activation relu --widths 200 400 800 --runs 3 --dtype float32 $common
 #   part 2 (09:51-09:54, stopped by hand after linear width 200, lambdas 0 and 0.2):
 #     rbp theory sweep --activation linear --runs 50 $common
-#   part 3: the stages below, with a 4200 s wall-time limit.
+#   part 3 (09:53-11:04): the stages below, with a 4200 s wall-time limit. The limit stopped it during
+#     linear width 12800, lambda 0.5. The script file was edited while bash was reading it, and bash
+#     went on to run `sweep --activation relu --widths 1600 --runs 2 --append` outside the limit; it
+#     was stopped by hand after its first point (lambda 0), which is kept.
+#   part 4 (11:04-): the missing linear point:
+#     rbp theory sweep --activation linear --widths 12800 --lams 0.5 --runs 50 --append $common
+#   Part 3 used 324 s of user CPU time in 70 min 44 s of wall time (/usr/bin/time: 7 % of a core;
+#   load average 10-13). Parts 1 and 2 took 9 min of wall time between them.
 set -u
 export OMP_NUM_THREADS=1 MPLBACKEND=Agg
 RBP="${RBP:-rbp}"

@@ -362,7 +362,9 @@ def _sweep_table(records) -> list[str]:
             if r is None:
                 row.append("")
                 continue
-            al = "-" if r["alignment_mean"] is None else f"{r['alignment_mean']:.3f} ± {r['alignment_sd']:.3f}"
+            ok = r["runs"] - r["diverged_runs"]
+            al = ("-" if r["alignment_mean"] is None else f"{r['alignment_mean']:.3f}" if ok == 1 else
+                  f"{r['alignment_mean']:.3f} ± {r['alignment_sd']:.3f}")
             note = f"{r['runs']}" + (f"; {r['diverged_runs']} div." if r["diverged_runs"] else "")
             row.append(f"{al} ({note})")
         out.append(f"| {w} | " + " | ".join(row) + " |")

@@ -233,15 +233,15 @@ def two_layer_alignment_panels(path, panels, *, protocol: str = "authors") -> Pa
 
 
 def two_layer_loss_panels(path, panels, *, protocol: str = "authors") -> Path:
-    """Mean training loss against step, one panel per sweep: every lambda at the smallest
-    (solid) and the largest (dashed) width of the sweep."""
+    """Mean training loss against step, one panel per sweep: every lambda at its smallest
+    (solid) and its largest (dashed) width in the sweep."""
     fig, axes = _panel_grid(len(panels))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (act, target, records, curves) in zip(axes, panels):
-        widths = sorted({c["width"] for c in curves})
-        ends = sorted({widths[0], widths[-1]})
         lams = sorted({c["lam"] for c in curves})
         for i, lam in enumerate(lams):
+            widths = sorted({c["width"] for c in curves if c["lam"] == lam})
+            ends = sorted({widths[0], widths[-1]})
             for w in ends:
                 cv = [c for c in curves if c["width"] == w and c["lam"] == lam]
                 if not cv:
