@@ -16,7 +16,8 @@
 #   part 4 (11:04-): the missing linear point:
 #     rbp theory sweep --activation linear --widths 12800 --lams 0.5 --runs 50 --append $common
 #   Part 3 used 324 s of user CPU time in 70 min 44 s of wall time (/usr/bin/time: 7 % of a core;
-#   load average 10-13). Parts 1 and 2 took 9 min of wall time between them.
+#   load average 10-13). Parts 1 and 2 took about 8 min of wall time between them; part 4 took
+#   2 min 57 s of wall time and 84 s of CPU time.
 set -u
 export OMP_NUM_THREADS=1 MPLBACKEND=Agg
 RBP="${RBP:-rbp}"
