@@ -34,3 +34,44 @@ def test_bench_on_real_mnist_or_one_clear_line(capsys):
         assert json.loads(captured.out.strip().splitlines()[-1])["data"] == "mnist"
     else:                               # no MNIST files here: one line, no traceback
         assert code != 0 and "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
+def test_convnet_flop_counts():
+    from rbp.bench import convnet_flops
+
+    convs = [64 * 32 * 32 * 3 * 25, 64 * 15 * 15 * 64 * 25, 64 * 7 * 7 * 64 * 25]   # same padding: 32, 15, 7
+    dense = [64 * 3 * 3 * 1024, 1024 * 10]
+    fwd = sum(convs) + sum(dense)
+    assert convnet_flops("bp") == 2 * (2 * fwd + sum(convs[1:]) + sum(dense))
+    assert convnet_flops("rbp") == convnet_flops("bp")
+    assert convnet_flops("srbp") == 2 * (2 * fwd + 10 * (64 * 15 * 15 + 64 * 7 * 7 + 576 + 1024))
+    assert convnet_flops("top") == 2 * 2 * fwd
+
+
+def test_bench_convnet_refuses_mnist_data_in_one_line(capsys):
+    code = main(["bench", "--model", "convnet", "--data", "mnist", "--steps", "1", "--repeats", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and "convnet" in err
+
+
+def test_bench_convnet_on_real_cifar10_reports_ratios(capsys):
+    import os
+    from pathlib import Path
+
+    import pytest
+    import torch
+
+    root = os.environ.get("RBP_DATA_DIR", "")
+    if not root or not (Path(root) / "cifar10" / "cifar-10-batches-py" / "test_batch").is_file():
+        pytest.skip("RBP_DATA_DIR does not hold cifar10/")
+    threads = torch.get_num_threads()
+    try:
+        assert main(["bench", "--model", "convnet", "--data", "cifar10", "--steps", "1", "--repeats", "1",
+                     "--algorithms", "srbp", "--threads", "1", "--json", "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out["results"]) == {"reference", "reference-cl", "srbp"}
+    assert out["model"] == "convnet" and out["steps_per_epoch"] == 391 and out["data"] == "cifar10"
+    assert out["ratio_srbp_vs_reference"] > 0 and out["ratio_reference_cl_vs_reference"] > 0
+    assert 0 < out["data_seconds_per_step"] < 1

@@ -11,6 +11,7 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import struct
@@ -260,6 +261,54 @@ def test_real_idx_dataset(name, monkeypatch):
     assert torch.equal(again.y_test, ds.y_test)
     again.x_test.mul_(0)  # callers may modify their tensors without harming the cache
     assert load(name, download=False).x_test.max() == 1.0
+
+
+CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+# The widely published per-channel statistics of the CIFAR-10 training images on the [0, 1] scale.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_SD = (0.2470, 0.2435, 0.2616)
+
+
+def test_real_cifar10(monkeypatch):
+    """The real CIFAR-10 batches: layout, the canonical split, and per-channel statistics."""
+    folder = Path(REAL_ROOT) / "cifar10" / "cifar-10-batches-py" if REAL_ROOT else None
+    if folder is None or not all((folder / f).is_file() for f in CIFAR_FILES):
+        pytest.skip("RBP_DATA_DIR does not hold cifar10/cifar-10-batches-py/ (data_batch_1..5, test_batch)")
+    monkeypatch.setenv("RBP_DATA_DIR", REAL_ROOT)
+
+    ds = load("cifar10", download=False)
+    assert ds.name == "cifar10" and ds.num_classes == 10 and ds.input_shape == (3, 32, 32)
+    assert ds.x_train.shape == (50000, 3, 32, 32) and ds.x_test.shape == (10000, 3, 32, 32)
+    assert ds.y_train.shape == (50000,) and ds.y_test.shape == (10000,)
+    assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64 and ds.y_test.dtype == torch.int64
+    # the loader's scale is [0, 1] (pixel / 255, no mean subtraction): every value a multiple of 1/255
+    assert float(ds.x_train.min()) == 0.0 and float(ds.x_train.max()) == 1.0
+    assert torch.bincount(ds.y_train, minlength=10).tolist() == [5000] * 10
+    assert torch.bincount(ds.y_test, minlength=10).tolist() == [1000] * 10
+
+    # against the raw batches, parsed here: batch order, R, G, B planes, row-major 32 x 32
+    raw = [read_cifar_batch(folder / f) for f in CIFAR_FILES]
+    images = np.concatenate([d for d, _ in raw[:5]]).reshape(-1, 3, 32, 32)
+    unit = np.float32(255)       # the loader's scale: float32 pixel / 255, no mean subtraction
+    assert torch.equal(ds.x_train, torch.from_numpy(images.astype(np.float32) / unit))
+    assert ds.y_train.tolist() == np.concatenate([lab for _, lab in raw[:5]]).tolist()
+    assert torch.equal(ds.x_test, torch.from_numpy(raw[5][0].reshape(-1, 3, 32, 32).astype(np.float32) / unit))
+    assert ds.y_test.tolist() == raw[5][1].tolist()
+
+    # per-channel mean and sd on the [0, 1] scale, exactly, from each channel's histogram of pixel values
+    levels = np.arange(256) / 255
+    for c, x in enumerate(ds.x_train[:5000].double().transpose(0, 1)):
+        hist = np.bincount(images[:, c].ravel(), minlength=256)
+        mean = (hist * levels).sum() / hist.sum()
+        sd = math.sqrt((hist * (levels - mean) ** 2).sum() / hist.sum())
+        assert abs(mean - CIFAR_MEAN[c]) < 1e-4 and abs(sd - CIFAR_SD[c]) < 1e-4, (c, mean, sd)
+        assert abs(float(x.mean()) - mean) < 0.01 and abs(float(x.std()) - sd) < 0.01   # a tenth of the set
+
+    sums = folder.parent / "SHA256SUMS"
+    if sums.is_file():
+        published = dict(reversed(line.split()) for line in sums.read_text().splitlines() if line.strip())
+        assert ds.checksums == {k: v for k, v in published.items() if k in ds.checksums}
+        assert len(ds.checksums) == 6
 
 
 def _real_copy(tmp_path: Path, corrupt: str) -> Path:

@@ -86,6 +86,20 @@ def test_dask_results_equal_the_local_runner(tmp_path, cluster):
     assert doc["provenance"]["data_checksums"] and doc["provenance"]["torch_version"]
 
 
+def test_callbacks_hear_of_dask_runs_as_of_local_ones(tmp_path, cluster):
+    calls = {"local": [], "dask": []}
+
+    def recorder(name):
+        return lambda run, record: calls[name].append((run, record.epoch, record.test_accuracy,
+                                                       record.alignment.get("signal_angle_1")))
+
+    run(tiny(), tmp_path / "local", seeds=1, progress=False, threads=1, callbacks=recorder("local"))
+    run(tiny(), tmp_path / "dask", seeds=1, progress=False, threads=1, executor="dask",
+        scheduler=cluster.scheduler_address, callbacks=recorder("dask"))
+    assert sorted(calls["local"]) == sorted(calls["dask"])
+    assert sorted({c[0] for c in calls["dask"]}) == [f"{c}/seed0" for c in sorted(IDS)]
+
+
 def test_cluster_sweep_resumes_locally_and_back(tmp_path, cluster, capsys):
     out = tmp_path / "store"
     s = run(tiny(), out, seeds=1, progress=False, threads=1, executor="dask", scheduler=cluster.scheduler_address)

@@ -9,10 +9,25 @@ skips: ``rbp.nn.use_sparse_input``) with the paper's network and minibatch of 10
 * ``bp``, ``rbp``, ``srbp``: this library's training loop (``rbp.train.Trainer``);
 * the same as ensembles of K networks trained as one batched computation.
 
+With ``--model convnet`` the network is paper 1's CIFAR-10 conv net
+(:func:`rbp.models.cifar_convnet`) under its protocol (minibatch 128, momentum 0.9,
+lr 0.01, augmentation), on synthetic CIFAR-shaped data (50000 x 3 x 32 x 32) or
+with ``--data cifar10`` the real training set; one epoch is 391 minibatches:
+
+* ``reference``: the same network in plain PyTorch (``nn.Conv2d`` ..., NCHW
+  tensors, ``torch.optim.SGD`` with momentum, ``loss.backward()``), the same
+  vectorised augmentation (:mod:`rbp.augment`) on each minibatch;
+* ``reference-cl``: that loop with the model and input in channels-last memory
+  format (the usual PyTorch tuning, ``model.to(memory_format=torch.channels_last)``);
+* ``bp``, ``rbp``, ``srbp``: :class:`rbp.train.Trainer` as ``rbp train`` runs it.
+
+The conv variants run under the allocator setting the trainer uses
+(:func:`rbp._malloc.retain_freed_memory`), the reference loops included.
+
 Timings are interleaved (every repeat times every variant once, in turn) so
 that slow drifts of the machine affect all variants alike; each figure is the
 median over repeats of the time for ``steps`` minibatches, scaled to one epoch
-(600 minibatches).  Ratios are against the reference loop of the same process.
+(600 minibatches for the MLP).  Ratios are against the reference loop of the same process.
 """
 
 from __future__ import annotations
@@ -26,13 +41,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import augment as augmentation
+from ._malloc import retain_freed_memory
 from .channel.algorithm import algorithm
 from .data import Dataset
 from .errors import ConfigError
-from .models import MNIST_SIZES
+from .models import MNIST_SIZES, cifar_convnet
+from .nn._fastops import gather_rows
 from .train import TrainSpec, Trainer, check_device
 
 N_TRAIN, BATCH = 60000, 100
+CIFAR_TRAIN, CIFAR_BATCH = 50000, 128
+MODELS = ("mlp", "convnet")
 
 
 def synthetic_mnist(device="cpu", seed=0) -> Dataset:
@@ -98,6 +118,100 @@ class _Ours:
         self.trainer.train_epoch(max_steps=steps)
 
 
+def synthetic_cifar(seed=0) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(CIFAR_TRAIN, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (CIFAR_TRAIN,), generator=g)
+    xt = torch.rand(1000, 3, 32, 32, generator=g)
+    yt = torch.randint(0, 10, (1000,), generator=g)
+    return Dataset("synthetic-cifar10", x, y, xt, yt, (3, 32, 32), 10)
+
+
+def convnet_flops(alg_name: str, input_shape=(3, 32, 32), num_classes: int = 10) -> float:
+    """Multiply-adds x 2 per example of one training step of the paper's conv net.
+
+    Forward pass and weight updates: every conv and dense layer once each.  Learning
+    channel: chained routes (bp, rbp) run each layer above the first backwards once
+    (transposed convolution or matrix); SRBP projects the N_L output errors onto the
+    input of every layer above the first; the top-layer-only rule sends nothing.
+    """
+    model = cifar_convnet(*input_shape[:2], num_classes)
+    layers = []     # (multiply-adds of the layer per example, units of its input per example)
+
+    def hook(mod, inp, out):
+        x = inp[0]
+        if isinstance(mod, nn.Conv2d):
+            macs = out[0].numel() * mod.in_channels * mod.kernel_size[0] * mod.kernel_size[1]
+        else:
+            macs = mod.in_features * mod.out_features
+        layers.append((macs, x[0].numel()))
+
+    handles = [m.register_forward_hook(hook) for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    for h in handles:
+        h.remove()
+    forward = sum(m for m, _ in layers)
+    if alg_name == "srbp":
+        channel = num_classes * sum(u for _, u in layers[1:])
+    elif alg_name == "top":
+        channel = 0
+    else:
+        channel = sum(m for m, _ in layers[1:])
+    return 2.0 * (forward + forward + channel)
+
+
+class _ConvReference:
+    """The paper's conv net in a plain PyTorch loop (optionally channels-last), same augmentation."""
+
+    def __init__(self, ds, device, channels_last=False):
+        self.model = cifar_convnet(seed=0).to(device)
+        self.fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.fmt)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.x, self.y = ds.x_train.to(device), ds.y_train.to(device)
+        self.gen = torch.Generator().manual_seed(0)
+
+    def run(self, steps):
+        n = self.x.shape[0]
+        perm = torch.randperm(n, generator=self.gen).to(self.x.device)
+        for i in range(steps):
+            idx = perm[i * CIFAR_BATCH:(i + 1) * CIFAR_BATCH]
+            x = augmentation.augment(self.x.index_select(0, idx), self.gen).contiguous(memory_format=self.fmt)
+            y = self.y[idx]
+            self.opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self.model(x), y)
+            loss.backward()
+            self.opt.step()
+
+
+class _ConvOurs:
+    def __init__(self, ds, alg, K, device):
+        spec = TrainSpec(dataset="cifar10", algorithm=algorithm(alg), model="convnet", augment=True,
+                         batch_size=CIFAR_BATCH, lr=0.01, decay=1e-5, momentum=0.9, epochs=1, device=device)
+        self.trainer = Trainer(spec, list(range(K)), dataset=ds, probe_size=0)
+
+    def run(self, steps):
+        self.trainer.train_epoch(max_steps=steps)
+
+
+def data_cost(ds, steps: int, device="cpu", batch: int = CIFAR_BATCH) -> float:
+    """Median seconds per minibatch of what the trainer does before the network sees it:
+    the row gather and the augmentation (draw of the per-image numbers and the shift/flip)."""
+    x = ds.x_train.to(device)
+    gen = torch.Generator().manual_seed(1)
+    perm = torch.randperm(x.shape[0], generator=gen).to(device)
+    times = []
+    for i in range(steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        xb = gather_rows(x, perm[i * batch:(i + 1) * batch])
+        augmentation.apply(xb, augmentation.draw(xb.shape[0], xb.shape[1:], gen).to(device))
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def _sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -119,36 +233,49 @@ def matmul_peak(device="cpu", n=1024, repeats=5) -> float:
     return 2 * n ** 3 / min(times) / 1e9
 
 
-DATA = ("synthetic", "mnist")
+DATA = ("synthetic", "mnist", "cifar10")
+MODEL_DATA = {"mlp": ("synthetic", "mnist"), "convnet": ("synthetic", "cifar10")}
 
 
-def bench_data(name: str) -> Dataset:
-    if name not in DATA:
-        raise ConfigError(f"--data must be one of {', '.join(DATA)}, got {name!r}")
+def bench_data(name: str, model: str = "mlp") -> Dataset:
+    if model not in MODELS:
+        raise ConfigError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
+    if name not in MODEL_DATA[model]:
+        raise ConfigError(f"--data for --model {model} must be one of {', '.join(MODEL_DATA[model])}, got {name!r}")
     if name == "synthetic":
-        return synthetic_mnist()
+        return synthetic_mnist() if model == "mlp" else synthetic_cifar()
     from . import data
-    ds = data.load("mnist")
-    if ds.x_train.shape[0] != N_TRAIN:
-        raise ConfigError(f"expected {N_TRAIN} MNIST training images, found {ds.x_train.shape[0]}")
+    want = N_TRAIN if name == "mnist" else CIFAR_TRAIN
+    ds = data.load(name)
+    if ds.x_train.shape[0] != want:
+        raise ConfigError(f"expected {want} {name} training images, found {ds.x_train.shape[0]}")
     return ds
 
 
 def run_bench(steps=100, repeats=5, ensembles=(4, 16, 64), algorithms=("bp", "rbp", "srbp"),
-              device="cpu", log=print, data: str = "synthetic") -> dict:
-    if steps < 1 or steps > N_TRAIN // BATCH or repeats < 1:
-        raise ConfigError(f"need 1 <= steps <= {N_TRAIN // BATCH} and repeats >= 1")
+              device="cpu", log=print, data: str = "synthetic", model: str = "mlp") -> dict:
+    conv = model == "convnet"
+    n_train, batch = (CIFAR_TRAIN, CIFAR_BATCH) if conv else (N_TRAIN, BATCH)
+    if steps < 1 or steps > n_train // batch or repeats < 1:
+        raise ConfigError(f"need 1 <= steps <= {n_train // batch} and repeats >= 1")
     if any(k < 2 for k in ensembles):
         raise ConfigError("ensemble sizes must be at least 2")
     check_device(device)
-    ds = bench_data(data)
-    variants = {"reference": (_Reference(ds, device), "bp", 1)}
+    ds = bench_data(data, model)
+    if conv:
+        allocator = retain_freed_memory() if torch.device(device).type == "cpu" else False
+        variants = {"reference": (_ConvReference(ds, device), "bp", 1),
+                    "reference-cl": (_ConvReference(ds, device, channels_last=True), "bp", 1)}
+        ours = _ConvOurs
+    else:
+        variants = {"reference": (_Reference(ds, device), "bp", 1)}
+        ours = _Ours
     for alg in algorithms:
-        variants[alg] = (_Ours(ds, alg, 1, device), alg, 1)
+        variants[alg] = (ours(ds, alg, 1, device), alg, 1)
         for K in ensembles:
-            variants[f"{alg}x{K}"] = (_Ours(ds, alg, K, device), alg, K)
+            variants[f"{alg}x{K}"] = (ours(ds, alg, K, device), alg, K)
     for runner, _, _ in variants.values():      # warm up
-        runner.run(3)
+        runner.run(1 if conv else 3)
     times = {name: [] for name in variants}
     for r in range(repeats):
         for name, (runner, _, _) in variants.items():
@@ -159,20 +286,26 @@ def run_bench(steps=100, repeats=5, ensembles=(4, 16, 64), algorithms=("bp", "rb
             times[name].append(time.perf_counter() - t0)
         log(f"repeat {r + 1}/{repeats} done")
     peak = matmul_peak(device)
-    per_epoch = N_TRAIN // BATCH
+    per_epoch = -(-n_train // batch)
     results = {}
     for name, (_, alg, K) in variants.items():
         t = statistics.median(times[name])
         sec_epoch = t / steps * per_epoch
-        flops = channel_flops(MNIST_SIZES, alg) * BATCH * steps * K
+        per_example = convnet_flops(alg) if conv else channel_flops(MNIST_SIZES, alg)
+        flops = per_example * batch * steps * K
         results[name] = {"algorithm": alg, "ensemble": K, "seconds_per_epoch": sec_epoch,
                          "seconds_per_network_epoch": sec_epoch / K, "gflops": flops / t / 1e9}
     ref = results["reference"]["seconds_per_epoch"]
     out = {
         "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(), "steps": steps, "repeats": repeats, "data": data,
-        "matmul_peak_gflops": peak, "results": results,
+        "matmul_peak_gflops": peak, "results": results, "model": model, "steps_per_epoch": per_epoch,
     }
+    if conv:
+        out["allocator_retains_freed_memory"] = allocator
+        out["data_seconds_per_step"] = data_cost(ds, max(steps, 5), device)
+        out["ratio_reference_cl_vs_reference"] = results["reference-cl"]["seconds_per_epoch"] / results[
+            "reference"]["seconds_per_epoch"]
     for alg in algorithms:
         out[f"ratio_{alg}_vs_reference"] = results[alg]["seconds_per_epoch"] / ref
         if ensembles:
@@ -193,7 +326,11 @@ def _table(out) -> str:
         lines.append(f"{name:12s} {r['seconds_per_epoch']:9.3f} {r['seconds_per_network_epoch']:16.3f} "
                      f"{r['seconds_per_network_epoch'] / ref:12.3f}x {r['gflops']:8.1f}")
     lines.append(f"matmul peak (1024^3 float32): {out['matmul_peak_gflops']:.1f} GFLOP/s; "
-                 f"torch {out['torch']}, {out['threads']} threads, device {out['device']}, {out['data']} data")
+                 f"torch {out['torch']}, {out['threads']} threads, device {out['device']}, {out['data']} data, "
+                 f"{out['model']}, {out['steps_per_epoch']} minibatches per epoch")
+    if "data_seconds_per_step" in out:
+        lines.append(f"minibatch gather + augmentation: {1000 * out['data_seconds_per_step']:.2f} ms per step; "
+                     f"allocator keeps freed memory: {out['allocator_retains_freed_memory']}")
     return "\n".join(lines)
 
 
@@ -203,13 +340,17 @@ def _cmd_bench(args) -> int:
         if args.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.ensembles is None:     # conv nets train one by one on CPU (docs/conv.md): no ensembles by default
+        args.ensembles = "" if args.model == "convnet" else "4,16,64"
+    if args.steps is None:
+        args.steps = 5 if args.model == "convnet" else 100
     ens = tuple(int(k) for k in args.ensembles.split(",") if k.strip()) if args.ensembles else ()
     algs = tuple(a.strip() for a in args.algorithms.split(",") if a.strip())
     for a in algs:
         algorithm(a)
     out = run_bench(args.steps, args.repeats, ens, algs, args.device,
                     log=(lambda m: print(m, file=sys.stderr)) if not args.quiet else (lambda m: None),
-                    data=args.data)
+                    data=args.data, model=args.model)
     print(_table(out))
     if args.json:
         print(json.dumps(out))
@@ -218,13 +359,17 @@ def _cmd_bench(args) -> int:
 
 def register(sub):
     p = sub.add_parser("bench", help="time the learning channel against a plain PyTorch loop")
-    p.add_argument("--steps", type=int, default=100, help="minibatches per timing (default 100)")
+    p.add_argument("--model", default="mlp", choices=MODELS,
+                   help="mlp: paper 1's MNIST network (default); convnet: its CIFAR-10 conv net and protocol")
+    p.add_argument("--steps", type=int, default=None, help="minibatches per timing (default 100; convnet 5)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats; medians are reported")
-    p.add_argument("--ensembles", default="4,16,64", help="ensemble sizes to time (empty for none)")
+    p.add_argument("--ensembles", default=None,
+                   help="ensemble sizes to time (default 4,16,64; convnet none; empty for none)")
     p.add_argument("--algorithms", default="bp,rbp,srbp")
     p.add_argument("--device", default="cpu")
     p.add_argument("--data", default="synthetic", choices=DATA,
-                   help="synthetic uniform inputs (default) or the real MNIST training set")
+                   help="synthetic uniform inputs (default), the real MNIST training set (mlp) or the real "
+                        "CIFAR-10 training set (convnet)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--quiet", "-q", action="store_true")

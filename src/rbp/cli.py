@@ -88,6 +88,7 @@ def _cmd_train(args) -> int:
                      frozen=args.freeze, model=args.model, augment=args.augment).validate()
     if args.out and os.path.exists(args.out) and os.listdir(args.out):
         raise ConfigError(f"output directory {args.out} exists and is not empty; choose another --out")
+    logger = _tensorboard(args.tensorboard)      # before training: a missing package fails at once
     ds = load(args.dataset, data_dir=args.data_dir)
     seeds = list(range(args.seed, args.seed + args.seeds))
     n_steps = -(-ds.n_train // spec.batch_size) * spec.epochs * (1 if not args.no_ensemble else len(seeds))
@@ -107,8 +108,12 @@ def _cmd_train(args) -> int:
             bar.write(f"epoch {rs[0].epoch:3d}/{spec.epochs}  train acc {statistics.fmean(tr):.4f}  "
                       f"test acc {statistics.fmean(te):.4f}{sd}  {rs[0].seconds:.2f} s")
 
-    histories = train(spec, seeds, dataset=ds, ensemble=not args.no_ensemble,
-                      on_step=bar.update, on_epoch=on_epoch)
+    try:
+        histories = train(spec, seeds, dataset=ds, ensemble=not args.no_ensemble,
+                          on_step=bar.update, on_epoch=on_epoch, callbacks=logger)
+    finally:
+        if logger is not None:
+            logger.close()
     bar.close()
     finals = [h[-1] for h in histories]
     te = [r.test_accuracy for r in finals]
@@ -134,6 +139,14 @@ def _cmd_train(args) -> int:
               + f", train accuracy {summary['train_accuracy']:.4f}, {len(seeds)} seed(s), "
                 f"{spec.epochs} epochs, {summary['seconds']:.1f} s")
     return 0
+
+
+def _tensorboard(log_dir):
+    """The TensorBoard logger of ``--tensorboard DIR`` (None without it)."""
+    if log_dir is None:
+        return None
+    from .callbacks import TensorBoardLogger
+    return TensorBoardLogger(log_dir)
 
 
 def _cmd_algorithms(args) -> int:
@@ -170,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", default=None, help="where the datasets are (else $RBP_DATA_DIR, the cache)")
     r.add_argument("--out", default=None, help="directory for results (must not exist or be empty)")
     r.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    r.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="log every network's epochs as TensorBoard scalars under DIR/seed<k> "
+                        "(needs pip install 'rbp[tensorboard]')")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-epoch lines")
     r.add_argument("--no-ensemble", action="store_true", help="train the seeds one after another")
     r.add_argument("--driver", default="fused", choices=["fused", "autograd"],

@@ -374,7 +374,7 @@ def write_report(directory, out=None) -> dict:
     L.append("\n")
     head = ["row", "algorithm", "ours: test", "ours: train", "seeds"]
     if has_table:
-        head += ["paper: test", "difference", "flag"]
+        head += ["paper: test", "difference (points)", "flag"]
     head += ["s/epoch", "channel mults"]
     L.append("| " + " | ".join(head) + " |")
     L.append("|" + "---|" * len(head))

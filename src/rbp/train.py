@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from . import augment as augmentation
 from . import data as datasets
+from ._malloc import retain_freed_memory
 from .channel.algorithm import Algorithm, algorithm as make_algorithm, training_signature
 from .channel.noise import generator
 from .errors import ConfigError
@@ -33,6 +34,7 @@ from .models import cifar_convnet, mlp
 from .nn.convert import convert
 from .nn import _sparse
 from .nn._fastops import gather_rows
+from .nn.conv import use_channels_last
 from .nn.layers import use_sparse_input
 from .nn.fused import FusedNetwork, softmax_xent_grad
 from .optim import KerasSGD
@@ -49,7 +51,27 @@ CONV_PROBE = 256           # examples in the alignment probe batch of a conv net
 
 @dataclass
 class TrainSpec:
-    """Everything that defines a training run except the seed."""
+    """Everything that defines a training run except the seed.
+
+    The defaults are paper 1's MNIST protocol except ``dataset`` and ``epochs``.
+
+    Attributes:
+        dataset: a name of `rbp.data.DATASETS`.
+        algorithm: the learning channel (`rbp.algorithm(name, **options)`).
+        hidden: hidden layer sizes of the MLP.
+        activation: hidden units: tanh, relu, logistic or linear.
+        epochs: passes over the training set.
+        batch_size: examples per minibatch.
+        lr: learning rate; at update t it is lr / (1 + decay t) (`rbp.optim.KerasSGD`).
+        decay: the learning-rate decay above.
+        momentum: SGD momentum, in [0, 1).
+        device: "cpu" or "cuda".
+        driver: "fused" (no autograd graph, for plain stacks of linear layers) or "autograd";
+            both give the same gradients.
+        frozen: 1-based indices of weight layers that do not learn.
+        model: "mlp", or "convnet" for paper 1's CIFAR-10 network.
+        augment: random translations (up to 10 %) and horizontal flips, drawn per minibatch.
+    """
 
     dataset: str = "digits"
     algorithm: Algorithm = field(default_factory=lambda: make_algorithm("bp"))
@@ -115,6 +137,23 @@ def check_device(device: str):
 
 @dataclass
 class EpochRecord:
+    """The numbers of one network after one epoch.
+
+    Attributes:
+        seed: the network's seed.
+        epoch: 1, 2, ...
+        train_loss: mean cross-entropy over the epoch's minibatches, each measured before its update.
+        train_accuracy: fraction correct, measured the same way.
+        test_loss: mean cross-entropy on the test set after the epoch.
+        test_accuracy: fraction correct on the test set after the epoch.
+        seconds: wall time of the epoch (training and test evaluation) for the whole ensemble.
+        ensemble: how many networks shared that time.
+        diverged: whether the loss has become NaN or infinite (at this epoch or before).
+        alignment: the figures of `rbp.diagnostics` (``signal_angle_h``, ``update_angle_h``,
+            ``feedback_angle_h``, ``feedback_norm_ratio_h`` per hidden layer h, ``weight_change_i``,
+            ``feedback_change_h``), measured on a fixed probe batch after the epoch.
+    """
+
     seed: int
     epoch: int
     train_loss: float
@@ -131,6 +170,25 @@ class EpochRecord:
         row = asdict(self)
         row.update(row.pop("alignment"))
         return row
+
+    def metrics(self) -> dict:
+        """The numbers of the epoch as one flat dict (losses, accuracies, seconds, alignment figures):
+        what a logger sends (:mod:`rbp.callbacks`)."""
+        row = self.as_dict()
+        for key in ("seed", "epoch", "ensemble", "diverged"):
+            row.pop(key)
+        return row
+
+    @classmethod
+    def from_dict(cls, row: dict) -> "EpochRecord":
+        """The record of a flat row of :meth:`as_dict` (a stored or returned history); missing values are NaN."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "alignment"]
+        kw = {k: row[k] for k in names if k in row}
+        for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"):
+            if kw.get(k) is None:
+                kw[k] = math.nan
+        rest = {k: (math.nan if v is None else v) for k, v in row.items() if k not in names}
+        return cls(**kw, alignment=rest)
 
 
 def build(spec: TrainSpec, seeds: Sequence[int], input_dim: int, num_classes: int,
@@ -272,6 +330,9 @@ class Trainer:
         self.x_test, self.y_test = ds.x_test.to(dev), ds.y_test.to(dev)
         self.K = len(self.seeds) if len(self.seeds) > 1 else None
         self.model = build(spec, self.seeds, ds.input_dim, ds.num_classes, self.image_shape, members)
+        if conv and self.K is None and dev.type == "cpu":   # measured faster here (docs/performance.md)
+            use_channels_last(self.model)
+            retain_freed_memory()
         self.sparse_input = not conv and sparse_inputs(self.x_train)
         if self.sparse_input:       # mostly-zero inputs (MNIST): the first layer skips them
             use_sparse_input(self.model)
@@ -347,8 +408,14 @@ class Trainer:
 def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
                 on_step: Callable[[int], None] | None = None,
                 on_epoch: Callable[[list[EpochRecord]], None] | None = None,
-                probe_size: int = 1000, member_specs: Sequence[TrainSpec] | None = None):
+                probe_size: int = 1000, member_specs: Sequence[TrainSpec] | None = None,
+                callbacks=None, runs: Sequence[dict] | None = None):
     """Train one network per seed, all together; returns (model, list of histories per seed).
+
+    ``callbacks`` (:mod:`rbp.callbacks`) hear of every network's start, epochs and
+    end; ``runs`` (one dict per seed) names the networks for them (key ``"run"``,
+    default ``seed<k>``) and adds what else ``on_train_begin`` should see.
+    ``on_epoch(records)`` is the older hook: all networks' records of an epoch at once.
 
     ``member_specs`` (one per seed) mixes configurations that differ only in their
     initial state into one ensemble (:class:`Trainer`, :func:`mixable`).
@@ -363,6 +430,15 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
     """
     tr = Trainer(spec, seeds, dataset, probe_size, member_specs)
     histories: list[list[EpochRecord]] = [[] for _ in tr.seeds]
+    notify = None
+    if callbacks:
+        from .callbacks import Notifier, run_info
+        specs = list(member_specs) if member_specs is not None else [tr.spec] * len(tr.seeds)
+        extra = list(runs) if runs is not None else [{} for _ in tr.seeds]
+        if len(extra) != len(tr.seeds):
+            raise ConfigError(f"{len(extra)} run descriptions for {len(tr.seeds)} seeds")
+        notify = Notifier(callbacks, [run_info(sp, s, tr.seeds, **e) for sp, s, e in zip(specs, tr.seeds, extra)])
+        notify.begin()
     diverged = [False] * len(tr.seeds)
     settling = Settling(tr.model) if probe_size else None
     for epoch in range(1, spec.epochs + 1):
@@ -384,8 +460,12 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
             records.append(rec)
         if on_epoch is not None:
             on_epoch(records)
+        if notify:
+            notify.epoch(records)
         if all(diverged):
             break
+    if notify:
+        notify.end(histories)
     return tr.model, histories
 
 
@@ -449,12 +529,14 @@ def ensemble_capacity(spec: TrainSpec, input_dim: int, num_classes: int, memory:
 
 
 def train(spec: TrainSpec, seeds: Sequence[int], dataset=None, ensemble: bool = True,
-          max_ensemble: int | None = None, **callbacks):
+          max_ensemble: int | None = None, runs: Sequence[dict] | None = None, **callbacks):
     """Train every seed; returns histories per seed, in the order of ``seeds``.
 
     With ``ensemble`` (the default) the seeds train together in batched
     ensembles as large as memory allows (or ``max_ensemble``); otherwise one after
     another.  The numbers are the same either way, up to float rounding.
+    Keyword arguments (``on_step``, ``on_epoch``, ``callbacks``, ``probe_size``)
+    go to :func:`train_group`; ``runs`` has one entry per seed.
     """
     seeds = list(seeds)
     if not seeds:
@@ -467,5 +549,6 @@ def train(spec: TrainSpec, seeds: Sequence[int], dataset=None, ensemble: bool = 
         size = 1
     out = []
     for i in range(0, len(seeds), size):
-        out.extend(train_group(spec, seeds[i:i + size], ds, **callbacks)[1])
+        part = None if runs is None else list(runs)[i:i + size]
+        out.extend(train_group(spec, seeds[i:i + size], ds, runs=part, **callbacks)[1])
     return out

@@ -27,6 +27,9 @@ def register(sub):
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-configuration lines")
     r.add_argument("--report", action="store_true", help="write the report when the runs are done")
     r.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    r.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="log every network trained as TensorBoard scalars under DIR/CONFIG/seed<k> "
+                        "(needs pip install 'rbp[tensorboard]')")
     d = r.add_argument_group("distributed (docs/scaling.md; needs pip install 'rbp[distributed]')")
     d.add_argument("--executor", choices=["local", "dask"], default="local",
                    help="local (this process, default) or dask (tasks on a Dask cluster)")
@@ -72,12 +75,18 @@ def _cmd_list(args) -> int:
 def _cmd_run(args) -> int:
     from .experiment import load
     from .runner import run
+    from ..cli import _tensorboard
     exp = load(args.experiment)
     out = args.out or f"results/{exp.name}"
-    summary = run(exp, out, epochs=args.epochs, seeds=args.seeds, device=args.device, data_dir=args.data_dir,
-                  progress=not args.quiet, threads=args.threads, executor=args.executor,
-                  scheduler=args.scheduler, workers=args.workers, seeds_per_task=args.seeds_per_task,
-                  ensemble=not args.no_ensemble)
+    logger = _tensorboard(args.tensorboard)
+    try:
+        summary = run(exp, out, epochs=args.epochs, seeds=args.seeds, device=args.device, data_dir=args.data_dir,
+                      progress=not args.quiet, threads=args.threads, executor=args.executor,
+                      scheduler=args.scheduler, workers=args.workers, seeds_per_task=args.seeds_per_task,
+                      ensemble=not args.no_ensemble, callbacks=logger)
+    finally:
+        if logger is not None:
+            logger.close()
     if args.report:
         summary["report"] = _report(out, None)["report"]
     for d in summary.get("diverged", []):

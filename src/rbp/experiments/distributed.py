@@ -111,7 +111,8 @@ def tasks_of(todo, seeds_per_task=None):
 
 
 def run_on_dask(exp, store, todo, summary, scheduler=None, workers=None, seeds_per_task=None, device="cpu",
-                data_dir=None, threads=None, retries=2, progress=True, log=None, timeout=None) -> dict:
+                data_dir=None, threads=None, retries=2, progress=True, log=None, timeout=None,
+                callbacks=None) -> dict:
     """Run the missing runs of ``todo`` on a Dask cluster and write them into ``store`` (here)."""
     distributed = _import_dask()
     if log is None:
@@ -120,7 +121,7 @@ def run_on_dask(exp, store, todo, summary, scheduler=None, workers=None, seeds_p
     import dask
     with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ(dask)}):
         return _run(distributed, exp, store, todo, summary, scheduler, workers, seeds_per_task, device, data_dir,
-                    threads, retries, log, timeout, t_start)
+                    threads, retries, log, timeout, t_start, callbacks)
 
 
 def _worker_environ(dask) -> dict:
@@ -136,7 +137,7 @@ def _worker_environ(dask) -> dict:
 
 
 def _run(distributed, exp, store, todo, summary, scheduler, workers, seeds_per_task, device, data_dir, threads,
-         retries, log, timeout, t_start):
+         retries, log, timeout, t_start, callbacks=None):
     cluster = None
     try:
         if scheduler is None:
@@ -155,7 +156,7 @@ def _run(distributed, exp, store, todo, summary, scheduler, workers, seeds_per_t
             log(f"{exp.name}: dask scheduler {address}, "
                 f"{len(client.scheduler_info().get('workers', {}))} worker(s) now")
             _submit_and_collect(client, distributed, exp, store, todo, summary, seeds_per_task, device,
-                                data_dir, threads, retries, log, t_start, timeout)
+                                data_dir, threads, retries, log, t_start, timeout, callbacks)
     finally:
         if cluster is not None:
             import logging
@@ -171,8 +172,8 @@ def _run(distributed, exp, store, todo, summary, scheduler, workers, seeds_per_t
 
 
 def _submit_and_collect(client, distributed, exp, store, todo, summary, seeds_per_task, device, data_dir,
-                        threads, retries, log, t_start, timeout):
-    from .runner import _seed_text, result_text
+                        threads, retries, log, t_start, timeout, callbacks=None):
+    from .runner import _seed_text, callback_runs, result_text
     units = tasks_of(todo, seeds_per_task)
     token = uuid.uuid4().hex[:8]
     futures = {}
@@ -205,6 +206,8 @@ def _submit_and_collect(client, distributed, exp, store, todo, summary, seeds_pe
             doc = store.read(config.id, seed)
             if doc is not None and doc.get("diverged"):
                 summary["diverged"].append({"config": config.id, "seed": seed, "epoch": doc.get("diverged_epoch")})
+        if callbacks:
+            _replay(callbacks, exp, config, spec, seeds, by_seed, callback_runs)
         summary["trained"] += len(seeds)
         elapsed = time.perf_counter() - t_start
         left = elapsed / done * (len(futures) - done)
@@ -212,6 +215,21 @@ def _submit_and_collect(client, distributed, exp, store, todo, summary, seeds_pe
             f"{result_text([r['history'] for r in res['results']])}, on {res['provenance'].get('host')} "
             f"(pid {res['provenance'].get('worker_pid')}) in {res['seconds']:.1f} s; about "
             f"{_minutes(left)} left")
+
+
+def _replay(callbacks, exp, config, spec, seeds, by_seed, callback_runs):
+    """Tell ``callbacks`` about the networks of a finished task, from the histories it returned."""
+    from ..callbacks import Notifier, run_info
+    from ..train import EpochRecord
+    for seed in seeds:
+        r = by_seed[seed]
+        (extra,) = callback_runs([(config, spec, seed)], exp.name)
+        notify = Notifier(callbacks, [run_info(spec, seed, r["ensemble"], **extra)])
+        history = [EpochRecord.from_dict(row) for row in r["history"]]
+        notify.begin()
+        for rec in history:
+            notify.epoch([rec])
+        notify.end([history])
 
 
 def _minutes(seconds: float) -> str:

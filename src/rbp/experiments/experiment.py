@@ -293,6 +293,7 @@ def load(name_or_path: str | Path) -> Experiment:
 
 
 def load_all() -> list[Experiment]:
+    """Every experiment shipped with rbp, loaded and validated (the list `rbp list` prints)."""
     return [load(n) for n in bundled_names()]
 
 

@@ -44,7 +44,7 @@ def plan(experiment: Experiment, store: Store, epochs=None, seeds=None, device="
 def run(experiment, out, epochs: int | None = None, seeds: int | None = None, device: str = "cpu",
         data_dir=None, progress: bool = True, log=None, threads: int | None = None,
         executor: str = "local", scheduler: str | None = None, workers: int | None = None,
-        seeds_per_task: int | None = None, retries: int = 2, ensemble: bool = True) -> dict:
+        seeds_per_task: int | None = None, retries: int = 2, ensemble: bool = True, callbacks=None) -> dict:
     """Run (or resume) ``experiment`` into the store folder ``out``; returns a summary dict.
 
     With ``ensemble`` (the default) the missing seeds of a configuration train
@@ -65,6 +65,10 @@ def run(experiment, out, epochs: int | None = None, seeds: int | None = None, de
     ensemble into tasks of that many seeds; ``retries`` is how often a task that
     raised an unexpected error is tried again (a worker that dies is handled by
     the scheduler).  The summary's ``failed`` lists the tasks that failed for good.
+
+    ``callbacks`` (:mod:`rbp.callbacks`) hear of every network trained, named
+    ``CONFIG/seed<k>``; with the Dask executor they are called in this process as
+    each task's results arrive.
     """
     from .. import data as datasets
 
@@ -100,7 +104,7 @@ def run(experiment, out, epochs: int | None = None, seeds: int | None = None, de
         from .distributed import run_on_dask      # binds the store once the cluster answers
         return run_on_dask(exp, store, todo, summary, scheduler=scheduler, workers=workers,
                            seeds_per_task=seeds_per_task if ensemble else 1, device=device, data_dir=data_dir, threads=threads,
-                           retries=retries, progress=progress, log=log)
+                           retries=retries, progress=progress, log=log, callbacks=callbacks)
 
     t_start = time.perf_counter()
     if threads is not None:
@@ -134,7 +138,8 @@ def run(experiment, out, epochs: int | None = None, seeds: int | None = None, de
             t0 = time.perf_counter()
             histories = {config.id: [] for config, _, _ in group}
             members = [(config, spec, seed) for config, spec, missing in group for seed in missing]
-            for chunk, hs in train_members(members, ds, on_step, ensemble=ensemble):
+            for chunk, hs in train_members(members, ds, on_step, ensemble=ensemble, callbacks=callbacks,
+                                           experiment=exp.name):
                 for (config, spec, seed), history in zip(chunk, hs):
                     chunk_ids = [c.id for c, _, _ in chunk]
                     path = store.write(exp, config, seed, spec, history, ensemble=[s for _, _, s in chunk],
@@ -181,9 +186,10 @@ def mixed_groups(todo):
     return groups
 
 
-def train_members(members, ds, on_step=None, ensemble: bool = True):
+def train_members(members, ds, on_step=None, ensemble: bool = True, callbacks=None, experiment=None):
     """Train ``members`` = [(config, spec, seed)] in ensembles as large as memory allows (one at a time
     without ``ensemble``); the specs must be mixable.  Yields (members of the ensemble, their histories).
+    ``callbacks`` hear of each network as ``CONFIG/seed<k>`` (:func:`callback_runs`).
     """
     from ..train import train_group
     size = _chunk_size(members[0][1], ds) if ensemble else 1
@@ -192,8 +198,15 @@ def train_members(members, ds, on_step=None, ensemble: bool = True):
         step = None if on_step is None else (lambda n, w=len(chunk): on_step(n, w))
         specs = [spec for _, spec, _ in chunk]
         _, hs = train_group(specs[0], [seed for _, _, seed in chunk], dataset=ds, on_step=step,
-                            member_specs=specs if len(chunk) > 1 else None)
+                            member_specs=specs if len(chunk) > 1 else None, callbacks=callbacks,
+                            runs=callback_runs(chunk, experiment) if callbacks else None)
         yield chunk, hs
+
+
+def callback_runs(members, experiment=None) -> list[dict]:
+    """The callbacks' run descriptions of ``members`` = [(config, spec, seed)]: ``CONFIG/seed<k>`` and ids."""
+    return [{"run": f"{config.id}/seed{seed}", "experiment": experiment, "config": config.id,
+             "config_label": config.label} for config, _, seed in members]
 
 
 def train_seeds(spec, seeds, ds, on_step=None):

@@ -45,6 +45,29 @@ from ..errors import ConfigError, UnsupportedModelError
 from .layers import FeedbackLinear, _CHUNK_ELEMENTS
 
 
+def _channels_last(t) -> bool:
+    """Whether a 4-D tensor is laid out channels-last (and not also plain contiguous)."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def use_channels_last(model: nn.Module) -> nn.Module:
+    """Store the 4-D kernels of ``model`` (weights, feedback kernels) channels-last, in place.
+
+    Then every convolution of the forward pass, of the weight update and of the
+    chained signal runs on channels-last maps (N, H, W, C in memory), which
+    oneDNN's CPU kernels and max-pooling handle faster than NCHW maps
+    (docs/performance.md, "The CIFAR-10 conv net").  The values are unchanged;
+    only the strides differ, so ``state_dict`` keys, shapes and numbers stay as
+    they were and the results agree with the NCHW model up to float rounding.
+    Ensemble kernels (K, O, C, kh, kw) are left as they are.
+    """
+    with torch.no_grad():
+        for t in (*model.parameters(), *model.buffers()):
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
 def kernel_glorot_std(shape) -> float:
     """Glorot scaled-normal std of a conv kernel (O, C, kh, kw), as Keras computes it.
 
@@ -126,6 +149,10 @@ class ConvOps:
         return g.shape[0]
 
     def grad_weight(self, g, x):
+        if _channels_last(g) and not _channels_last(x):
+            # a channels-last model (use_channels_last) on an NCHW input (the first layer): convert the
+            # small input rather than let oneDNN convert the large signal map back to NCHW
+            x = x.contiguous(memory_format=torch.channels_last)
         shape = self._flat(self.weight).shape
         return conv2d_weight(x, shape, g, self.stride, self.padding, self.dilation,
                              self.ensemble or 1).view(self.weight.shape)
