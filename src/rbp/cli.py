@@ -39,10 +39,11 @@ def add_algorithm_options(p: argparse.ArgumentParser):
     """The learning-channel options shared by every command that trains."""
     g = p.add_argument_group("learning channel")
     g.add_argument("--algorithm", "-a", default="bp",
-                   help="bp, sbp, rbp, srbp, arbp, asrbp or top (default bp)")
+                   help="bp, sbp, rbp, srbp, arbp, asrbp, top, kp, wm, usf, brsf, frsf, ... "
+                        "(`rbp algorithms` lists them all; default bp)")
     g.add_argument("--feedback", default=None,
                    help="feedback distribution: glorot-normal (default), uniform, nonzero-mean, ternary, "
-                        "congruent, sparse-N, resampled, sign-concordant")
+                        "congruent, sparse-N, resampled, sign-concordant, sign-uniform, sign-fixed")
     g.add_argument("--no-derivative", action="store_true", help="omit f' in the learning channel (\"no f'\")")
     g.add_argument("--quantize-error", type=int, metavar="BITS", help="quantize the error signal (Eq. 19, alpha 2^-3)")
     g.add_argument("--quantize-update", type=int, metavar="BITS",
@@ -55,7 +56,14 @@ def add_algorithm_options(p: argparse.ArgumentParser):
     g.add_argument("--update", choices=["full", "sign", "magnitude"], default="full",
                    help="keep the full hidden-layer update, only its sign, or only its magnitude")
     g.add_argument("--adapt-rate", type=float, default=None,
-                   help="feedback adaptation rate relative to the forward rate (arbp/asrbp, default 0.1)")
+                   help="feedback adaptation rate relative to the forward rate (arbp/asrbp, default 0.1; kp 1)")
+    g.add_argument("--weight-decay", type=float, default=None, metavar="L",
+                   help="weight decay applied in the channel to W, b and adaptive feedback alike "
+                        "(kp default 1e-3, others 0)")
+    g.add_argument("--mirror-rate", type=float, default=None, help="weight mirrors' learning rate (wm, default 0.05)")
+    g.add_argument("--mirror-noise", type=float, default=None, help="sd of the mirror phase's noise (wm, default 1)")
+    g.add_argument("--mirror-decay", type=float, default=None, help="weight mirrors' decay of B (wm, default 1)")
+    g.add_argument("--mirror-batch", type=int, default=None, help="noise vectors per layer per mirror step (wm, 100)")
 
 
 def algorithm_from_args(args):
@@ -69,7 +77,9 @@ def algorithm_from_args(args):
     return algorithm(args.algorithm, feedback=args.feedback, derivative=not args.no_derivative,
                      quantize_error=args.quantize_error, quantize_update=args.quantize_update,
                      quantize_update_mode=mode, quantize_update_lr=lr,
-                     dropout=args.lc_dropout, update=args.update, adapt_rate=args.adapt_rate)
+                     dropout=args.lc_dropout, update=args.update, adapt_rate=args.adapt_rate,
+                     weight_decay=args.weight_decay, mirror_rate=args.mirror_rate, mirror_noise=args.mirror_noise,
+                     mirror_decay=args.mirror_decay, mirror_batch=args.mirror_batch)
 
 
 def _cmd_train(args) -> int:
@@ -175,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hidden", type=_int_list, default=(100, 100, 100, 100), help="hidden sizes, e.g. 100,100")
     g.add_argument("--activation", default="tanh", help="tanh, relu, logistic or linear")
     g.add_argument("--freeze", type=_int_list, default=(), help="1-based weight layers kept fixed, e.g. 1,2")
-    g.add_argument("--model", default="mlp", help="mlp (default) or convnet (paper 1's CIFAR-10 network)")
+    g.add_argument("--model", default="mlp", help="mlp (default), convnet (paper 1's CIFAR-10 network), "
+                   "lenet or resnet20 (BioTorch's benchmark networks)")
     g.add_argument("--augment", action="store_true",
                    help="random translations up to 10 %% and horizontal flips (the CIFAR-10 protocol)")
     r = t.add_argument_group("running")

@@ -39,6 +39,20 @@ updates eta I^h (O^{h-1})^T, one multiplication per learning weight; the same
 for every algorithm except top-layer-only and frozen layers) and ``forward``
 (W, the forward pass).  Biases, sums and the learning rate are left out, as in
 the paper: they do not change the scaling.
+
+The wider family (docs/family.md) adds work that is done once per training
+*step*, not per example, and is reported apart (``per_step``):
+
+* weight mirrors (``wm``): each mirror step drives every feedback matrix
+  (out x in) with ``mirror_batch`` noise vectors, y = W x and then the
+  correlation y x^T: 2 * mirror_batch * (size of the feedback matrices);
+* sign-concordant feedback that follows W (usf, brsf, frsf, ``sign-concordant``):
+  one multiplication per feedback entry to give it the current sign of W (brSF
+  also draws that many random numbers).
+
+Kolen-Pollack (``kp``) is adaptive: its adaptation is counted as ARBP's (the
+same outer product); its weight decay is one multiplication per weight and
+feedback entry per step, left out like the learning rate.
 """
 
 from __future__ import annotations
@@ -95,8 +109,13 @@ def cost(sizes: Sequence[int] = MNIST_SIZES, algorithm: str | Algorithm = "bp", 
     learning = set(range(1, L + 1)) if alg.hidden_learn else {L}
     learning -= set(frozen)
     update = sum(N[h - 1] * N[h] for h in learning)
+    per_step = 0
+    if alg.mirror_rate:
+        per_step += 2 * alg.mirror_batch * adapted
+    if alg.random_feedback and alg.feedback.follows_forward:
+        per_step += adapted
     return {
-        "sizes": N, "algorithm": alg.describe(), "route": alg.route,
+        "sizes": N, "algorithm": alg.describe(), "route": alg.route, "per_step": per_step,
         "channel": channel, "derivative": derivative, "adaptation": adaptation,
         "learning_channel_total": channel + derivative + adaptation,
         "update": update, "forward": weights,
@@ -116,6 +135,8 @@ def format_table(rows: list[dict]) -> str:
     """A plain-text table of :func:`cost` results."""
     head = ("algorithm", "channel", "f'", "adapt", "channel total", "update", "forward")
     keys = ("algorithm", "channel", "derivative", "adaptation", "learning_channel_total", "update", "forward")
+    if any(r.get("per_step") for r in rows):   # weight mirrors, sign-following feedback: once per step
+        head, keys = head + ("per step",), keys + ("per_step",)
     cells = [head] + [tuple(f"{r[k]:,}" if isinstance(r[k], int) else str(r[k]) for k in keys) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     lines = ["  ".join(c[i].ljust(widths[i]) if i == 0 else c[i].rjust(widths[i]) for i in range(len(head)))

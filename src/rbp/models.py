@@ -8,6 +8,10 @@ zero biases, as Keras initialised them.
 ``cifar_convnet(...)`` builds paper 1's CIFAR-10 network: 3 x [conv 5x5, 64
 tanh channels, stride 1 -> max-pool 3x3 stride 2], dense 1024 tanh, softmax
 output (folded into the loss).
+
+``lenet(...)`` builds the LeNet that BioTorch benchmarks on MNIST (Sanfiz & Akrout
+2021): conv 5x5 6 -> pool 2 -> conv 5x5 16 -> pool 2 -> conv 5x5 120 -> dense 84
+-> dense 10, ReLU after each convolution.
 """
 
 from __future__ import annotations
@@ -157,5 +161,142 @@ def cifar_convnet(in_channels: int = 3, image_size: int = 32, num_classes: int =
         if not last:
             layers.append(act.module())
     model = nn.Sequential(*layers)
+    model.input_shape = (in_channels, image_size, image_size)
+    return model
+
+
+def lenet(in_channels: int = 1, image_size: int = 28, num_classes: int = 10, activation: str = "relu",
+          seed: int | None = None, *, ensemble: int | Sequence[int] | None = None) -> nn.Sequential:
+    """The LeNet of BioTorch's MNIST benchmark (their ``le_net_mnist``) as an ``nn.Sequential``.
+
+    Conv2d(C, 6, 5), f, MaxPool2d(2), Conv2d(6, 16, 5), f, MaxPool2d(2),
+    Conv2d(16, 120, 5), f, Flatten, Linear(120, 84), Linear(84, classes): as in
+    BioTorch there is no activation between the two dense layers.  The network
+    expects 32 x 32 maps (the third convolution then sees 5 x 5); BioTorch resizes
+    MNIST's 28 x 28 digits to 32 x 32, here the first convolution zero-pads a
+    smaller image up to 32 (padding (32 - image_size) / 2: 2 pixels for MNIST),
+    which keeps every digit's pixels unchanged.  Weights are Glorot (Xavier)
+    *uniform*, as BioTorch's ``init: xavier``, biases zero, drawn from the ``init``
+    stream of ``seed``.  ``ensemble`` works as for :func:`cifar_convnet`.
+    """
+    for key, v in (("in_channels", in_channels), ("image_size", image_size), ("num_classes", num_classes)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {v!r}")
+    if image_size > 32 or (32 - image_size) % 2:
+        raise ConfigError(f"lenet takes square images of at most 32 pixels, padded evenly to 32; got {image_size}")
+    act = get_activation(activation)
+    seeds = _seeds(seed, ensemble)
+    gens = [generator(s, "init") for s in seeds]
+    K = len(seeds) if ensemble is not None else None
+
+    def fill(weight, bound):
+        with torch.no_grad():
+            members = weight.unsqueeze(0) if K is None else weight
+            for w, g in zip(members, gens):
+                w.copy_(torch.rand(w.shape, generator=g).mul_(2 * bound).sub_(bound))
+
+    def conv(c_in, c_out, padding=0):
+        layer = StackedConv2d(K, c_in, c_out, 5, padding=padding) if K else nn.Conv2d(c_in, c_out, 5, padding=padding)
+        fill(layer.weight, 3 ** 0.5 * kernel_glorot_std(layer.weight.shape[-4:]))
+        nn.init.zeros_(layer.bias)
+        return layer
+
+    def dense(n_in, n_out):
+        layer = StackedLinear(K, n_in, n_out) if K else nn.Linear(n_in, n_out)
+        fill(layer.weight, 3 ** 0.5 * glorot_std(layer.weight.shape[-2:]))
+        nn.init.zeros_(layer.bias)
+        return layer
+
+    layers: list[nn.Module] = [EnsembleFold(K)] if K else []
+    layers += [conv(in_channels, 6, (32 - image_size) // 2), act.module(), nn.MaxPool2d(2),
+               conv(6, 16), act.module(), nn.MaxPool2d(2),
+               conv(16, 120), act.module(),
+               EnsembleFlatten(K) if K else nn.Flatten(),
+               dense(120, 84), dense(84, num_classes)]
+    model = nn.Sequential(*layers)
+    model.input_shape = (in_channels, image_size, image_size)
+    return model
+
+
+class _ShortcutA(nn.Module):
+    """He et al.'s option-A shortcut: keep every other pixel, append zero channels (no weights)."""
+
+    def __init__(self, extra: int):
+        super().__init__()
+        self.extra = extra
+
+    def forward(self, x):
+        x = x[:, :, ::2, ::2]
+        return torch.nn.functional.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+
+
+class _BasicBlock(nn.Module):
+    """conv3x3 - BN - f - conv3x3 - BN, plus the shortcut, then f (He et al. 2016)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, act):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.act1 = act.module()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.act2 = act.module()
+        self.shortcut = _ShortcutA(c_out - c_in) if stride != 1 or c_in != c_out else nn.Identity()
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        return self.act2(out + self.shortcut(x))
+
+
+class ResNetCifar(nn.Module):
+    """The CIFAR-10 ResNet of He et al. (2016, section 4.2): 6n + 2 weight layers."""
+
+    def __init__(self, n: int, in_channels: int, num_classes: int, act, width: int = 16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.act1 = act.module()
+        blocks, c = [], width
+        for stage, c_out in enumerate((width, 2 * width, 4 * width)):
+            for i in range(n):
+                blocks.append(_BasicBlock(c, c_out, 2 if stage and i == 0 else 1, act))
+                c = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.flatten(self.pool(self.blocks(self.act1(self.bn1(self.conv1(x)))))))
+
+
+def resnet20(in_channels: int = 3, image_size: int = 32, num_classes: int = 10, activation: str = "relu",
+             seed: int | None = None, *, ensemble=None, width: int = 16) -> nn.Module:
+    """ResNet-20 for CIFAR-10 (He et al. 2016; the network of BioTorch's CIFAR-10 benchmark).
+
+    conv3x3(16) - BN - f, then 3 stages of 3 basic blocks (16, 32, 64 channels; the
+    first block of stages 2 and 3 has stride 2 and an option-A shortcut: subsampled
+    identity with zero channels appended, no weights), global average pooling and
+    a linear layer: 19 convolutions (no bias, each followed by batch norm) and 1
+    dense layer.  Weights are Xavier uniform (BioTorch's ``init: xavier``) from the
+    ``init`` stream of ``seed``; batch norm starts at scale 1, shift 0.  The residual
+    additions are ordinary autograd operations, so :func:`rbp.convert` serves this
+    network with every route except the product route (batch norm).  ``width`` (16
+    in the paper) exists for small test networks.  No ensembles (batch norm keeps
+    per-network statistics that the grouped layout does not hold).
+    """
+    if ensemble is not None:
+        raise ConfigError("resnet20 trains one network at a time (no ensemble)")
+    act = get_activation(activation)
+    model = ResNetCifar(3, in_channels, num_classes, act, width)
+    gen = generator(seed, "init")
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                w = mod.weight
+                std = kernel_glorot_std(w.shape) if w.dim() == 4 else glorot_std(w.shape)
+                w.copy_(torch.rand(w.shape, generator=gen).mul_(2 * 3 ** 0.5 * std).sub_(3 ** 0.5 * std))
+                if mod.bias is not None:
+                    mod.bias.zero_()
     model.input_shape = (in_channels, image_size, image_size)
     return model

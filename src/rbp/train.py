@@ -30,7 +30,7 @@ from .channel.algorithm import Algorithm, algorithm as make_algorithm, training_
 from .channel.noise import generator
 from .errors import ConfigError
 from .diagnostics import Settling, alignment, model_alignment
-from .models import cifar_convnet, mlp
+from .models import cifar_convnet, lenet, mlp, resnet20
 from .nn.convert import convert
 from .nn import _sparse
 from .nn._fastops import gather_rows
@@ -43,9 +43,10 @@ PAPER_HIDDEN = (100, 100, 100, 100)
 
 # Network families a TrainSpec can name: "mlp" (sizes from ``hidden``) or paper 1's CIFAR-10
 # convolutional network (rbp.models.cifar_convnet; ``hidden`` is not used).
-MODELS = ("mlp", "convnet", "cifar_convnet")
-CONV_MODELS = {"convnet": cifar_convnet, "cifar_convnet": cifar_convnet}
-CONV_WEIGHT_LAYERS = 5     # 3 conv + 2 dense
+MODELS = ("mlp", "convnet", "cifar_convnet", "lenet", "resnet20")
+CONV_MODELS = {"convnet": cifar_convnet, "cifar_convnet": cifar_convnet, "lenet": lenet, "resnet20": resnet20}
+CONV_WEIGHT_LAYERS = {"convnet": 5, "cifar_convnet": 5, "lenet": 5, "resnet20": 20}
+SINGLE_ONLY = ("resnet20",)   # conv models without an ensemble layout (batch norm)
 CONV_PROBE = 256           # examples in the alignment probe batch of a conv net (rbp.diagnostics)
 
 
@@ -109,7 +110,7 @@ class TrainSpec:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if not isinstance(self.augment, bool):
             raise ConfigError(f"augment must be true or false, got {self.augment!r}")
-        n_layers = len(self.hidden) + 1 if self.model == "mlp" else CONV_WEIGHT_LAYERS
+        n_layers = len(self.hidden) + 1 if self.model == "mlp" else CONV_WEIGHT_LAYERS[self.model]
         for h in self.frozen:
             if not (isinstance(h, int) and 1 <= h <= n_layers):
                 raise ConfigError(f"frozen layer {h!r} out of range 1..{n_layers}")
@@ -336,6 +337,7 @@ class Trainer:
         self.sparse_input = not conv and sparse_inputs(self.x_train)
         if self.sparse_input:       # mostly-zero inputs (MNIST): the first layer skips them
             use_sparse_input(self.model)
+        self.channel = self.model.rbp_channel
         self.stepper = _Stepper(self.model, spec.driver)
         self.opt = KerasSGD([p for p in self.model.parameters() if p.requires_grad], lr=spec.lr,
                             decay=spec.decay, momentum=spec.momentum)
@@ -380,6 +382,7 @@ class Trainer:
                 xb = self._augment(xb, aug[:, i:i + B] if K else aug[0, i:i + B])
             logits = self.stepper.gradients(xb, yb)
             self.opt.step()
+            self.channel.after_step()      # the learning channel's own phase between steps (weight mirrors)
             l, c = _stats(logits, yb)
             run_loss += l.double().reshape(-1)
             run_correct += c.reshape(-1)
@@ -483,9 +486,9 @@ def available_memory(device) -> int:
         return 4 << 30
 
 
-def _conv_units(input_shape, num_classes) -> tuple[int, int]:
-    """(parameters, units of the maps per example) of the paper's conv net on images of ``input_shape``."""
-    model = cifar_convnet(input_shape[0], input_shape[1], num_classes)
+def _conv_units(input_shape, num_classes, name="convnet") -> tuple[int, int]:
+    """(parameters, units of the maps per example) of conv model ``name`` on images of ``input_shape``."""
+    model = CONV_MODELS[name](input_shape[0], input_shape[1], num_classes)
     params = sum(p.numel() for p in model.parameters())
     units, x = 0, torch.zeros(1, *input_shape)
     with torch.no_grad():
@@ -508,6 +511,8 @@ def ensemble_capacity(spec: TrainSpec, input_dim: int, num_classes: int, memory:
     temporaries of the grouped convolutions).
     """
     memory = available_memory(spec.device) if memory is None else memory
+    if spec.model in SINGLE_ONLY:
+        return 1
     if spec.model in CONV_MODELS:
         if torch.device(spec.device).type == "cpu":
             # measured (docs/conv.md): oneDNN's grouped convolutions are slower per network than
@@ -515,7 +520,7 @@ def ensemble_capacity(spec: TrainSpec, input_dim: int, num_classes: int, memory:
             return 1
         if input_shape is None:
             raise ConfigError(f"ensemble_capacity for model {spec.model!r} needs the image shape")
-        params, units = _conv_units(tuple(input_shape), num_classes)
+        params, units = _conv_units(tuple(input_shape), num_classes, spec.model)
         per_net = 4 * (4 * params + 4 * spec.batch_size * units)
         return max(1, int(memory // 2 // per_net))
     sizes = [input_dim, *spec.hidden, num_classes]

@@ -82,6 +82,11 @@ class Algorithm:
     backward_hidden: tuple = ()                # hidden layer sizes of a distinct backward network (skip route)
     feedback_scale: float = 1.0                # the feedback matrices are drawn at this multiple of their scale
     init_scale: float = 1.0                    # rbp.convert multiplies the forward weights by it
+    weight_decay: float = 0.0                  # lambda: adds lambda*W, lambda*b, lambda*B (adaptive) to the grads
+    mirror_rate: float = 0.0                   # weight mirrors (eta; 0 = none): see rbp.channel.mirror
+    mirror_noise: float = 1.0                  # sd of the noise that drives each layer in the mirror phase
+    mirror_decay: float = 1.0                  # the mirror's decay of B: B -> (mirror_noise^2 / mirror_decay) W
+    mirror_batch: int = 100                    # noise vectors per layer per mirror step
 
     @property
     def random_feedback(self) -> bool:
@@ -103,7 +108,8 @@ class Algorithm:
     def describe(self) -> str:
         """A short human-readable label, e.g. ``rbp[sparse-8, no f']``."""
         extras = []
-        if self.random_feedback and str(self.feedback) != "glorot-normal":
+        defaults = ALGORITHMS.get(self.name)
+        if self.random_feedback and str(self.feedback) != str(getattr(defaults, "feedback", "glorot-normal")):
             extras.append(str(self.feedback))
         if not self.derivative:
             extras.append("no f'")
@@ -116,7 +122,11 @@ class Algorithm:
             extras.append(f"lc-dropout {self.dropout:g}")
         if self.update != "full":
             extras.append(f"{self.update}-only")
-        defaults = ALGORITHMS.get(self.name)
+        for key, label in (("weight_decay", "decay {:g}"),
+                           ("mirror_rate", "mirror rate {:g}"), ("mirror_noise", "mirror noise {:g}"),
+                           ("mirror_decay", "mirror decay {:g}"), ("mirror_batch", "mirror batch {}")):
+            if getattr(self, key) != getattr(defaults, key, getattr(Algorithm, key)):
+                extras.append(label.format(getattr(self, key)))
         if self.backward_nonlinearity != getattr(defaults, "backward_nonlinearity", None):
             extras.append(f"{self.backward_nonlinearity or 'linear'} backward units")
         if self.backward_hidden != getattr(defaults, "backward_hidden", ()):
@@ -135,7 +145,8 @@ class Algorithm:
             out["feedback"] = str(self.feedback)
         for key in ("derivative", "quantize_error", "quantize_update", "dropout", "update",
                     "adapt_rate", "loss_reduction", "quantize_error_alpha", "quantize_update_alpha",
-                    "quantize_update_mode", "quantize_update_lr", "backward_nonlinearity", "backward_hidden", "feedback_scale", "init_scale"):
+                    "quantize_update_mode", "quantize_update_lr", "backward_nonlinearity", "backward_hidden", "feedback_scale", "init_scale",
+                    "weight_decay", "mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch"):
             if getattr(self, key) != getattr(defaults, key):
                 out[key] = getattr(self, key)
         return out
@@ -152,7 +163,7 @@ def training_signature(alg: Algorithm) -> Algorithm:
     every minibatch or read per synapse acts during training: it is kept.
     """
     spec = alg.feedback
-    if spec.resampled or spec.per_synapse:
+    if spec.refreshed or spec.per_synapse:
         return dataclasses.replace(alg, name="", init_scale=1.0)
     return dataclasses.replace(alg, name="", feedback=fb.FeedbackSpec("glorot-normal"), feedback_scale=1.0,
                                init_scale=1.0)
@@ -166,6 +177,26 @@ ALGORITHMS: dict[str, Algorithm] = {
     "arbp": Algorithm("arbp", "chain", adaptive=True),
     "asrbp": Algorithm("asrbp", "skip", adaptive=True),
     "top": Algorithm("top", "top"),
+}
+
+# The wider family (docs/family.md): Kolen-Pollack and weight mirrors (Akrout et al. 2019) learn
+# the feedback; the sign-concordant feedbacks (Liao, Leibo & Poggio 2016; Xiao et al. 2018, with
+# BioTorch's names) take the forward signs at every minibatch.
+# Kolen-Pollack's shared weight decay: rbp's default for the papers' SGD protocol (lr 0.1); the
+# authors' released NumPy code trains without decay (its factor is 1).  With lr eta and decay
+# lambda, B - W shrinks by (1 - eta lambda) per step.
+KP_DECAY = 1e-2
+_FAMILY = {
+    "kp": (Algorithm("kp", "chain", adaptive=True, adapt_rate=1.0, weight_decay=KP_DECAY),
+           "Kolen-Pollack (Akrout et al. 2019): feedback gets the forward update, both decay alike; B -> W^T"),
+    "wm": (Algorithm("wm", "chain", mirror_rate=0.05),
+           "weight mirrors (Akrout et al. 2019): after each step a noise-driven mirror phase teaches B W^T"),
+    "usf": (Algorithm("usf", "chain", feedback=fb.FeedbackSpec("sign-uniform")),
+            "uniform sign-concordant feedback (uSF; Liao et al. 2016, Xiao et al. 2018): sign(W), one magnitude"),
+    "brsf": (Algorithm("brsf", "chain", feedback=fb.FeedbackSpec("sign-concordant")),
+             "batchwise random-magnitude sign-concordant feedback (brSF; Liao et al. 2016): |M| sign(W), M redrawn"),
+    "frsf": (Algorithm("frsf", "chain", feedback=fb.FeedbackSpec("sign-fixed")),
+             "fixed random-magnitude sign-concordant feedback (frSF; Liao et al. 2016): |M| fixed, sign(W) current"),
 }
 
 DESCRIPTIONS = {
@@ -209,12 +240,14 @@ _PAPER2 = {
                                   init_scale=SMALL, feedback_scale=SMALL),
                         "adaptive distinct from small initial weights in both channels (0.2 x Glorot)"),
 }
-for _name, (_alg, _text) in _PAPER2.items():
+for _name, (_alg, _text) in (*_PAPER2.items(), *_FAMILY.items()):
     ALGORITHMS[_name], DESCRIPTIONS[_name] = _alg, _text
 
 OPTION_NAMES = ("feedback", "derivative", "quantize_error", "quantize_update", "dropout", "update",
                 "adapt_rate", "loss_reduction", "quantize_error_alpha", "quantize_update_alpha",
-                "quantize_update_mode", "quantize_update_lr", "backward_nonlinearity", "backward_hidden", "feedback_scale", "init_scale")
+                "quantize_update_mode", "quantize_update_lr", "backward_nonlinearity", "backward_hidden", "feedback_scale", "init_scale",
+                "weight_decay", "mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch")
+MIRROR_OPTIONS = ("mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch")
 
 
 def _check_bits(key, value):
@@ -261,12 +294,12 @@ def algorithm(name: str | Algorithm, **options) -> Algorithm:
                     raise ConfigError("feedback has no effect with 'top' (hidden layers receive no signal)")
                 raise ConfigError(f"feedback={value!r} needs random feedback; '{base.name}' uses the "
                                   "transposed forward weights (use rbp, srbp, arbp or asrbp)")
-            if spec.kind == "sign-concordant" and base.route != "chain":
-                raise ConfigError("feedback 'sign-concordant' is defined for chained routes (rbp, arbp) only")
+            if spec.follows_forward and base.route != "chain":
+                raise ConfigError(f"feedback {spec.kind!r} is defined for chained routes (rbp and its variants) only")
             if spec.per_synapse and base.route != "skip":
                 raise ConfigError("feedback 'per-synapse' is defined for the skipped route (srbp) only")
-            if spec.resampled and base.adaptive:
-                raise ConfigError(f"feedback {value!r} is resampled every minibatch and cannot adapt ({base.name})")
+            if spec.refreshed and (base.adaptive or base.mirror_rate):
+                raise ConfigError(f"feedback {value!r} is set anew every minibatch and cannot adapt ({base.name})")
             changes["feedback"] = spec
         elif key == "derivative":
             if not isinstance(value, bool):
@@ -321,6 +354,24 @@ def algorithm(name: str | Algorithm, **options) -> Algorithm:
             changes[key] = _check_positive(key, value)
         elif key in ("quantize_error_alpha", "quantize_update_alpha", "quantize_update_lr"):
             changes[key] = _check_positive(key, value)
+        elif key == "weight_decay":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
+                    or value != value or value == float("inf"):
+                raise ConfigError(f"weight_decay must be a number >= 0, got {value!r}")
+            changes[key] = float(value)
+        elif key in MIRROR_OPTIONS:
+            if not (base.route == "chain" and base.random_feedback):
+                raise ConfigError(f"{key}: weight mirrors teach the feedback matrices of a chained route with "
+                                  f"random feedback (wm, rbp); '{base.name}' has none")
+            if key == "mirror_batch":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ConfigError(f"mirror_batch must be a positive integer, got {value!r}")
+                changes[key] = value
+            elif key == "mirror_rate" and not isinstance(value, bool) and isinstance(value, (int, float)) \
+                    and value == 0:
+                changes[key] = 0.0      # mirrors off
+            else:
+                changes[key] = _check_positive(key, value)
         elif key == "quantize_update_mode":
             try:
                 words = parse_update_mode(value)
@@ -343,6 +394,9 @@ def algorithm(name: str | Algorithm, **options) -> Algorithm:
                                         or result.backward_nonlinearity or result.backward_hidden):
         raise ConfigError("feedback 'per-synapse' does not combine with adaptation, quantize_error, dropout, "
                           "backward_nonlinearity or backward_hidden")
+    if result.mirror_rate and result.feedback.refreshed:
+        raise ConfigError(f"feedback {str(result.feedback)!r} is set anew every minibatch; weight mirrors "
+                          "(mirror_rate) would be overwritten")
     if result.backward_hidden and (result.feedback.resampled or result.feedback.needs_forward_sign):
         raise ConfigError(f"feedback {str(result.feedback)!r} follows the forward weights, but the hidden layers "
                           "of a distinct learning network (backward_hidden) mirror no forward matrix")

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ConfigError
+from . import feedback as fb
 from .quantize import quantize
 
 
@@ -190,11 +191,17 @@ def feedback_matrix(site, weight, fbk, probe: bool = False):
     if alg.symmetric:
         return weight
     spec = alg.feedback
-    if spec.resampled and not probe:
+    # resampled feedback draws new random numbers: a probe pass (diagnostics) leaves it as it is;
+    # feedback that only follows the forward signs (uSF, frSF) is refreshed on a probe as well,
+    # so the probe measures the matrix that the next step would use
+    if spec.refreshed and not (probe and spec.resampled):
         with torch.no_grad():
-            fbk.copy_(_resample(site, spec, weight, fbk))
-            if alg.feedback_scale != 1.0:
-                fbk.mul_(alg.feedback_scale)
+            if spec.kind == "sign-fixed":          # frSF: fixed magnitudes, current signs
+                fbk.copy_(fb.follow_signs(fbk, weight))
+            else:
+                fbk.copy_(_resample(site, spec, weight, fbk))
+                if alg.feedback_scale != 1.0:
+                    fbk.mul_(alg.feedback_scale)
     return fbk
 
 
@@ -241,6 +248,11 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
     orientation: conjoined (ARBP) R^{h+1} (O^h)^T, the same outer product as the
     forward update; twin T^{h+1} (O^h)^T (no f', which the twin neuron does not
     know); distinct / skipped D^k (O^h)^T (ASRBP: E^L (O^h)^T).
+
+    ``weight_decay`` (lambda) adds lambda * W to the weight gradient, lambda * b to
+    the bias gradient and lambda * C to the adaptive feedback's: with rate 1 on the
+    chained route this is Kolen-Pollack (Akrout et al. 2019), dC - dW = lambda (C - W),
+    so C - W decays geometrically and C comes to mirror W.
     """
     alg = site.algorithm
     need_x, need_w, need_b, need_f = needs
@@ -272,6 +284,14 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
             gF = site.grad_weight(arriving, x).mul_(alg.adapt_rate)
         else:
             gF = gW * alg.adapt_rate
+    if alg.weight_decay:   # one decay for the forward weights and the adaptive feedback (Kolen-Pollack)
+        lam = alg.weight_decay
+        if need_w and gW is not None:
+            gW = gW + lam * weight
+        if need_b and gb is not None:
+            gb = gb + lam * site.bias
+        if gF is not None:
+            gF = gF + lam * fbk
     if need_x and alg.hidden_learn:
         if alg.route == "chain":
             J = site.grad_input(g, feedback_matrix(site, weight, fbk, pas.probe), x)

@@ -21,7 +21,12 @@ Distributions (all zero mean except ``nonzero-mean``):
                           routes scale by 1/N, the skipped route does not
 ``resampled``             glorot-normal, drawn afresh at every minibatch
 ``sign-concordant``       |glorot-normal| with the sign of the *current* forward
-                          weight, drawn afresh at every minibatch (Liao et al.)
+                          weight, drawn afresh at every minibatch (Liao et al.;
+                          brSF, "batchwise random magnitude sign-concordant")
+``sign-uniform``          the sign of the *current* forward weight at one common
+                          magnitude, the glorot-normal standard deviation (uSF)
+``sign-fixed``            |glorot-normal| drawn once, with the sign of the *current*
+                          forward weight (frSF: the magnitudes stay, the signs follow)
 ``per-synapse``           skipped route only: every synapse of a hidden neuron gets
                           its own random vector to read the output error with,
                           instead of one per neuron (section 4.2, observation 7)
@@ -47,6 +52,8 @@ DISTRIBUTIONS = (
     "sparse-N",
     "resampled",
     "sign-concordant",
+    "sign-uniform",
+    "sign-fixed",
     "per-synapse",
 )
 
@@ -62,8 +69,19 @@ class FeedbackSpec:
 
     @property
     def resampled(self) -> bool:
-        """True when the matrix is drawn afresh at every minibatch."""
+        """True when the matrix is drawn afresh (new random numbers) at every minibatch."""
         return self.kind in ("resampled", "sign-concordant")
+
+    @property
+    def follows_forward(self) -> bool:
+        """True when the matrix takes the sign of the *current* forward weights at every minibatch."""
+        return self.kind in ("sign-concordant", "sign-uniform", "sign-fixed")
+
+    @property
+    def refreshed(self) -> bool:
+        """True when the matrix changes at every minibatch by rule, not by learning (resampled or
+        following the forward signs): it cannot adapt and is part of the training step."""
+        return self.resampled or self.follows_forward
 
     @property
     def per_synapse(self) -> bool:
@@ -71,7 +89,7 @@ class FeedbackSpec:
 
     @property
     def needs_forward_sign(self) -> bool:
-        return self.kind in ("congruent", "sign-concordant")
+        return self.kind in ("congruent", "sign-concordant", "sign-uniform", "sign-fixed")
 
     def __str__(self) -> str:
         return f"sparse-{self.sparsity}" if self.kind == "sparse" else self.kind
@@ -98,6 +116,18 @@ def glorot_std(shape) -> float:
     return math.sqrt(2.0 / (fan_in + fan_out))
 
 
+def forward_signs(weight: torch.Tensor, dtype=None) -> torch.Tensor:
+    """sign(W) with zeros counted as +1 (a sign-concordant matrix has no zero entries)."""
+    sign = torch.sign(weight).to(dtype or weight.dtype)
+    sign[sign == 0] = 1.0
+    return sign
+
+
+def follow_signs(fbk: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """frSF's step: the fixed magnitudes |B| with the current signs of W (same shape)."""
+    return fbk.abs().mul_(forward_signs(weight, fbk.dtype))
+
+
 def sample(spec: FeedbackSpec, shape, *, chained: bool, generator: torch.Generator | None = None,
            forward_sign: torch.Tensor | None = None, dtype=torch.float32, device=None) -> torch.Tensor:
     """Draw one feedback matrix of ``shape`` (2-D) from ``spec``.
@@ -120,13 +150,13 @@ def sample(spec: FeedbackSpec, shape, *, chained: bool, generator: torch.Generat
     if kind == "ternary":
         t = torch.randint(-1, 2, shape, generator=generator, device=device).to(dtype)
         return t.mul_(std * math.sqrt(1.5))
-    if kind in ("congruent", "sign-concordant"):
+    if kind in ("congruent", "sign-concordant", "sign-fixed", "sign-uniform"):
         if forward_sign is None:
             raise ConfigError(f"feedback {kind!r} needs the forward weights it mirrors")
+        if kind == "sign-uniform":
+            return forward_signs(forward_sign, dtype).mul_(std)
         mag = torch.randn(shape, **kw).abs_().mul_(std)
-        sign = torch.sign(forward_sign).to(dtype)
-        sign[sign == 0] = 1.0
-        return mag.mul_(sign)
+        return mag.mul_(forward_signs(forward_sign, dtype))
     if kind == "sparse":
         n = spec.sparsity
         fan_out = shape[-1]

@@ -156,4 +156,7 @@ def _cmd_cost(args) -> int:
     print("channel: weight x signal products that deliver signals to the hidden layers 1..L-1 "
           "(BP/RBP/SBP: sum_{k=1}^{L-1} N_k N_{k+1}; SRBP: N_L sum_{k=1}^{L-1} N_k, Eq. 15); the input "
           f"layer needs no signal. The paper's Eq. 14 W = sum_(k=0)^(L-1) N_k N_(k+1) = {rows[0]['paper_W_eq14']:,}.")
+    if any(r["per_step"] for r in rows):
+        print("per step: once per training step, not per example (weight mirrors' noise phase; giving "
+              "sign-concordant feedback the current signs of W)")
     return 0

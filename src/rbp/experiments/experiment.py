@@ -29,7 +29,8 @@ to put our numbers beside the paper's::
     algorithm = "rbp"                           # bp, sbp, rbp, srbp, arbp, asrbp, top
     feedback = "sparse-8"                       # any option of rbp.algorithm: feedback, derivative,
                                                 # quantize_error, quantize_update, dropout, update, adapt_rate,
-                                                # feedback_scale, init_scale
+                                                # feedback_scale, init_scale, weight_decay, mirror_rate,
+                                                # mirror_noise, mirror_decay, mirror_batch
     lr = 0.1                                    # protocol overrides: batch_size, lr, decay, momentum,
                                                 # hidden, activation, frozen
     row = "baseline"                            # Table row (configs of one row form one table row group)
@@ -73,7 +74,8 @@ PROTOCOL_DEFAULTS = dict(epochs=100, seeds=5, batch_size=100, lr=0.1, decay=1e-6
                          augment=False)
 OVERRIDABLE = ("batch_size", "lr", "decay", "momentum", "hidden", "activation", "frozen")
 ALGORITHM_OPTIONS = ("feedback", "derivative", "quantize_error", "quantize_update", "quantize_update_mode",
-                     "quantize_update_lr", "dropout", "update", "adapt_rate", "feedback_scale", "init_scale")
+                     "quantize_update_lr", "dropout", "update", "adapt_rate", "feedback_scale", "init_scale",
+                     "weight_decay", "mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch")
 TOP_KEYS = ("name", "description", "reference", "dataset", "requires", "protocol", "config")
 CONFIG_KEYS = ("id", "label", "algorithm", *ALGORITHM_OPTIONS, *OVERRIDABLE, "row", "group",
                "paper_mean", "paper_sd", "note")
@@ -163,6 +165,8 @@ CONFIG_CHECKS = {
     "quantize_update_mode": _str(), "quantize_update_lr": _float(0, lo_open=True),
     "dropout": _float(0, 1), "update": _str(), "adapt_rate": _float(0, lo_open=True),
     "feedback_scale": _float(0, lo_open=True), "init_scale": _float(0, lo_open=True),
+    "weight_decay": _float(0), "mirror_rate": _float(0), "mirror_noise": _float(0, lo_open=True),
+    "mirror_decay": _float(0, lo_open=True), "mirror_batch": _int(1),
 }
 
 

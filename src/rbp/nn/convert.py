@@ -13,6 +13,7 @@ import torch.nn as nn
 from ..channel import feedback as fb
 from ..channel.algorithm import Algorithm, algorithm as make_algorithm, training_signature
 from ..channel.backward import Pass
+from ..channel.mirror import mirror_step
 from ..channel.noise import Noise, generator
 from ..errors import ConfigError, UnsupportedModelError
 from .activations import ELEMENTWISE, NoDerivative, activation_of
@@ -52,6 +53,16 @@ class LearningChannel:
         if self._pass is None:
             self._pass = Pass()
         return self._pass
+
+    def after_step(self):
+        """What the channel does between two training steps, after the optimizer's step.
+
+        Call it once after every ``optimizer.step()`` (rbp's trainer does).  Most
+        algorithms do nothing here; weight mirrors (``wm``) run their mirror phase
+        (:mod:`rbp.channel.mirror`).
+        """
+        if self.algorithm.mirror_rate:
+            mirror_step(self)
 
 
 def _seed_list(seed, ensemble):
