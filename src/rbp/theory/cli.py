@@ -22,7 +22,6 @@ from ..errors import ConfigError
 __all__ = ["register"]
 
 DEFAULT_WIDTHS = (200, 400, 800, 1600, 3200, 6400, 12800)
-DEFAULT_LAMS = (0.0, 0.01, 0.1)
 
 
 def _fmt(v) -> str:
@@ -186,22 +185,45 @@ def _cmd_nonlinear(args) -> int:
     return _emit(args, r, lines)
 
 
+def _train_kwargs(args) -> dict:
+    """The keyword arguments of :func:`train_two_layer` shared by ``two-layer`` and ``sweep``."""
+    return dict(activation_name=args.activation, protocol=args.protocol, runs=args.runs, n=args.n,
+                d=args.d, steps=args.steps, min_steps=args.min_steps, check_every=args.check_every,
+                change_tol=args.change_tol, tol=args.tol, eta=args.eta, eta_scale=args.eta_scale,
+                algorithm=args.algorithm, target=args.target, seed=args.seed, first_run=args.first_run,
+                dtype=args.dtype, threads=args.threads)
+
+
+def _outcome_line(s: dict) -> str:
+    line = (f"runs: {s['converged_runs']} stopped by the rule, {s['capped_runs']} at the step limit, "
+            f"{s['diverged_runs']} diverged")
+    if s["diverged_runs"]:
+        line += " (non-finite loss; left out of the means)"
+    return line
+
+
 def _cmd_two_layer(args) -> int:
     from .twolayer import train_two_layer
 
     _check_two_layer_args(args)
-    res = train_two_layer(activation_name=args.activation, width=args.width, lam=args.lam,
-                          runs=args.runs, n=args.n, d=args.d, steps=args.steps, eta=args.eta,
-                          eta_scale=args.eta_scale, tol=args.tol, algorithm=args.algorithm,
-                          target=args.target, seed=args.seed, threads=args.threads)
+    res = train_two_layer(width=args.width, lam=args.lam, **_train_kwargs(args))
     s = res.summary()
-    lines = [f"two-layer {args.activation} network, width {args.width}, n = {args.n}, d = {args.d}, "
-             f"{args.algorithm.upper()}, lambda = {args.lam:g}, {args.runs} run(s), target {args.target}",
-             f"step size eta = {res.eta:.4g}, {res.steps} steps, {res.seconds:.1f} s",
-             f"alignment cos(b, beta): mean {s['alignment_mean']:.4f}, sd {s['alignment_sd']:.4f}",
-             f"training loss 1/2|f - y|^2: mean {s['loss_mean']:.3g}, max {s['loss_max']:.3g}"]
-    if s["diverged_runs"]:
-        lines.append(f"{s['diverged_runs']} run(s) diverged (step size too large for this lambda)")
+    eta = s["eta"] if isinstance(s["eta"], float) else s["eta"][1]
+    rule = (f"at least {s['rule_min_steps']} steps, then until the loss changes by < {s['rule_change_tol']:g} "
+            f"between checks {s['rule_check_every']} steps apart" if s["rule_check_every"] else
+            f"until the loss is below {s['rule_loss_tol']:g}")
+    lines = [f"two-layer {args.activation} network ({s['protocol']} protocol), width {args.width}, "
+             f"n = {args.n}, d = {args.d}, {args.algorithm.upper()}, lambda = {args.lam:g}, "
+             f"{args.runs} run(s), target {s['target']}, {s['dtype']}",
+             f"step size {'eta' if isinstance(s['eta'], float) else 'largest eta'} = {eta:.4g}; {rule} "
+             f"(at most {s['rule_max_steps']}); {s['steps_min']}-{s['steps']} steps, {res.seconds:.1f} s",
+             _outcome_line(s)]
+    loss_name = "(1/n)|f - y|^2" if s["loss"] == "mse" else "1/2|f - y|^2"
+    if s["alignment_mean"] is None:
+        lines.append("no run finished with a finite loss: no alignment to report")
+    else:
+        lines += [f"alignment cos(b, beta): mean {s['alignment_mean']:.4f}, sd {s['alignment_sd']:.4f}",
+                  f"training loss {loss_name}: mean {s['loss_mean']:.3g}, max {s['loss_max']:.3g}"]
     return _emit(args, s, lines)
 
 
@@ -210,9 +232,11 @@ def _check_two_layer_args(args):
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise ConfigError(f"--{name} must be a positive integer, got {v}")
-    if args.steps < 0:
-        raise ConfigError(f"--steps must be non-negative, got {args.steps}")
-    lams = [args.lam] if hasattr(args, "lam") else args.lams
+    for name in ("steps", "min_steps", "check_every", "first_run"):
+        v = getattr(args, name, None)
+        if v is not None and v < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be non-negative, got {v}")
+    lams = [args.lam] if hasattr(args, "lam") else (args.lams or [])
     for lam in lams:
         if lam < 0 or not math.isfinite(lam):
             raise ConfigError(f"lambda must be a non-negative number, got {lam}")
@@ -226,54 +250,125 @@ def _write_atomic(path: Path, text: str):
     atomic_write(path, text)
 
 
-def _cmd_sweep(args) -> int:
+def _sweep_tag(protocol: str, activation: str, target: str | None) -> str:
+    from .twolayer import PROTOCOLS
+
+    default = "teacher" if (PROTOCOLS[protocol].teacher == "same" and activation != "linear") else "linear"
+    tag = activation if (target or default) == default else f"{activation}_{target}"
+    return tag if protocol == "authors" else f"{tag}_{protocol}"
+
+
+def _load_sweep(path: Path) -> dict:
+    try:
+        saved = json.loads(path.read_text())
+        saved["records"], saved["loss_curves"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path} is not a sweep file: {exc}") from None
+    return saved
+
+
+def _sweep_figures(out: Path, figdir: Path, protocol: str) -> list[Path]:
+    """The alignment and loss figures of every sweep file of ``protocol`` in ``out`` (one panel each)."""
     from . import figures
-    from .twolayer import train_two_layer
+    from .twolayer import ACTIVATIONS
+
+    found = []
+    for f in sorted(out.glob("sweep_*.json")):
+        try:
+            saved = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if saved.get("protocol", "normalised") == protocol and saved.get("records"):
+            found.append(saved)
+    order = {a: i for i, a in enumerate(ACTIVATIONS)}
+    found.sort(key=lambda s: (order.get(s.get("activation"), 9), s.get("target", "")))
+    if not found:
+        return []
+    panels = [(s["activation"], s.get("target", ""), s["records"], s["loss_curves"]) for s in found]
+    return [figures.two_layer_alignment_panels(figdir / f"alignment_{protocol}.png", panels, protocol=protocol),
+            figures.two_layer_loss_panels(figdir / f"loss_{protocol}.png", panels, protocol=protocol)]
+
+
+def _cmd_sweep(args) -> int:
+    from .twolayer import PROTOCOLS, train_two_layer
 
     from .. import paths
     _check_two_layer_args(args)
+    proto = PROTOCOLS[args.protocol]
     out = paths.input_dir(args.out, "--out") if args.replot else paths.output_dir(args.out, "--out")
-    records, curves = [], []
-    tag = f"{args.activation}_{args.target}"
+    figdir = paths.output_dir(args.figures, "--figures") if args.figures else out
+    tag = _sweep_tag(args.protocol, args.activation, args.target)
     data = out / f"sweep_{tag}.json"
     t0 = time.perf_counter()
     if args.replot:
         if not data.is_file():
             raise ConfigError(f"--replot needs {data}, written by an earlier sweep")
-        try:
-            saved = json.loads(data.read_text())
-            records, curves = saved["records"], saved["loss_curves"]
-        except (ValueError, KeyError) as exc:
-            raise ConfigError(f"{data} is not a sweep file: {exc}") from None
-        if not records:
+        if not _load_sweep(data)["records"]:
             raise ConfigError(f"{data} holds no points yet")
-    # widths outer, lambdas inner: a sweep stopped early has every lambda up to some width
-    for p in [] if args.replot else sorted(args.widths):
-        for lam in args.lams:
-            res = train_two_layer(activation_name=args.activation, width=p, lam=lam, runs=args.runs,
-                                  n=args.n, d=args.d, steps=args.steps, eta_scale=args.eta_scale,
-                                  tol=args.tol, target=args.target, seed=args.seed,
-                                  threads=args.threads, record_every=max(1, args.steps // 200))
-            s = res.summary()
-            records.append(s)
-            curves.append({"width": p, "lam": lam, "steps": res.record_steps.tolist(),
-                           "loss_mean": np.nanmean(res.loss_curve, axis=1).tolist()})
-            # the data so far, after every point: a long sweep that is stopped keeps what it did
-            _write_atomic(data, json.dumps({"records": records, "loss_curves": curves}, default=_json_default))
-            if not args.json:
-                print(f"lambda={lam:<6g} width={p:<6d} alignment {s['alignment_mean']:.4f} "
-                      f"+- {s['alignment_sd']:.4f}  loss {s['loss_mean']:.3g}  steps {s['steps']}  "
-                      f"{s['seconds']:.1f} s", flush=True)
-    f1 = figures.two_layer_alignment(out / f"alignment_{tag}.png", records, activation=args.activation)
-    done_widths = [r["width"] for r in records]
-    ends = (min(done_widths), max(done_widths))
-    sel = [(f"p={cv['width']}, lambda={cv['lam']:g}", cv["steps"], cv["loss_mean"])
-           for cv in curves if cv["width"] in ends]
-    f2 = figures.two_layer_loss_curves(out / f"loss_{tag}.png", sel, activation=args.activation)
-    result = {"records": records, "files": [str(data), str(f1), str(f2)],
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        records, curves = [], []
+        if args.append and data.is_file():
+            saved = _load_sweep(data)
+            records, curves = saved["records"], saved["loss_curves"]
+        if args.runs is None:
+            args.runs = proto.runs
+        lams = args.lams if args.lams is not None else list(proto.lams[args.activation])
+        # widths outer, lambdas inner: a sweep stopped early has every lambda up to some width
+        for p in sorted(args.widths):
+            for lam in lams:
+                res = train_two_layer(width=p, lam=lam, record_every=args.record_every, **_train_kwargs(args))
+                s = res.summary()
+                key = (p, lam)
+                keep = [i for i, r in enumerate(records) if (r["width"], r["lam"]) != key]
+                records = [records[i] for i in keep] + [s]
+                curves = [c for c in curves if (c["width"], c["lam"]) != key]
+                filled = res.filled_loss_curve()
+                ok = ~res.diverged
+                mean = np.mean(filled[:, ok], axis=1) if ok.any() else np.full(len(filled), np.nan)
+                curves.append({"width": p, "lam": lam, "steps": res.record_steps.tolist(),
+                               "loss_mean": [None if not math.isfinite(v) else float(v) for v in mean]})
+                # the data so far, after every point: a long sweep that is stopped keeps what it did
+                _write_atomic(data, json.dumps({"protocol": args.protocol, "activation": args.activation,
+                                                "target": s["target"], "records": records,
+                                                "loss_curves": curves}, default=_json_default))
+                if not args.json:
+                    al = ("-" if s["alignment_mean"] is None else
+                          f"{s['alignment_mean']:.4f} +- {s['alignment_sd']:.4f}")
+                    lo = "-" if s["loss_mean"] is None else f"{s['loss_mean']:.3g}"
+                    print(f"lambda={lam:<6g} width={p:<6d} alignment {al}  loss {lo}  "
+                          f"steps {s['steps_min']}-{s['steps']}  diverged {s['diverged_runs']}/{s['runs']}  "
+                          f"{s['seconds']:.1f} s", flush=True)
+    files = [data, *_sweep_figures(out, figdir, args.protocol)]
+    result = {"records": _load_sweep(data)["records"], "files": [str(f) for f in files],
               "seconds": round(time.perf_counter() - t0, 1)}
-    lines = [f"wrote {data}, {f1}, {f2} ({result['seconds']} s)"]
+    lines = [f"wrote {', '.join(str(f) for f in files)} ({result['seconds']} s)"]
+    if args.replot:
+        lines += ["", *_sweep_table(result["records"])]
     return _emit(args, result, lines)
+
+
+def _sweep_table(records) -> list[str]:
+    """A markdown table of a sweep: alignment mean +- sd (runs; diverged runs) per width and lambda."""
+    widths = sorted({r["width"] for r in records})
+    lams = sorted({r["lam"] for r in records})
+    cell = {(r["width"], r["lam"]): r for r in records}
+    out = ["| p | " + " | ".join(f"lambda = {lam:g}" for lam in lams) + " |",
+           "|---|" + "---|" * len(lams)]
+    for w in widths:
+        row = []
+        for lam in lams:
+            r = cell.get((w, lam))
+            if r is None:
+                row.append("")
+                continue
+            ok = r["runs"] - r["diverged_runs"]
+            al = ("-" if r["alignment_mean"] is None else f"{r['alignment_mean']:.3f}" if ok == 1 else
+                  f"{r['alignment_mean']:.3f} ± {r['alignment_sd']:.3f}")
+            note = f"{r['runs']}" + (f"; {r['diverged_runs']} div." if r["diverged_runs"] else "")
+            row.append(f"{al} ({note})")
+        out.append(f"| {w} | " + " | ".join(row) + " |")
+    return out
 
 
 def _cmd_mnist(args) -> int:
@@ -365,19 +460,37 @@ def _common(p, *, seed=True, tol=True):
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
-def _two_layer_options(p, *, steps=10000):
+def _two_layer_options(p):
     p.add_argument("--activation", default="relu", choices=["linear", "relu", "tanh", "sigmoid"])
-    p.add_argument("--runs", type=int, default=5, help="independent runs, trained as one batch (default 5)")
+    p.add_argument("--protocol", default="authors", choices=["authors", "normalised"],
+                   help="authors (default): Song, Xu & Lafferty's simulation protocol (x ~ N(0, I), their "
+                        "targets, mean squared error, fixed step per activation, their stopping rule); "
+                        "normalised: x ~ N(0, I/d), 1/2|e|^2, kernel-scaled step, run to loss 1e-18")
+    p.add_argument("--algorithm", default="fa", choices=["fa", "bp"])
     p.add_argument("--n", type=int, default=50, help="training samples (default 50)")
     p.add_argument("--d", type=int, default=150, help="input dimension (default 150)")
-    p.add_argument("--steps", type=int, default=steps,
-                   help=f"largest number of full-batch steps (default {steps})")
+    p.add_argument("--steps", type=int, default=None,
+                   help="largest number of full-batch steps per run (default 400000 authors, 20000 normalised)")
+    p.add_argument("--min-steps", type=int, default=None,
+                   help="least number of steps (default: 5000 sqrt(p/200) authors, 0 normalised)")
+    p.add_argument("--check-every", type=int, default=None,
+                   help="steps between the loss-change checks (default 1000 authors, 0 = none normalised)")
+    p.add_argument("--change-tol", type=float, default=None,
+                   help="stop once the loss changed by less than this between two checks (default 0.001)")
+    p.add_argument("--tol", type=float, default=None,
+                   help="stop once the loss is below this (default 1e-18 normalised, none authors)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="fixed step size (default: authors 1e-3 linear, 1e-2 relu, 0.1 tanh and sigmoid)")
     p.add_argument("--eta-scale", type=float, default=None,
-                   help="step size as a multiple of 1/lambda_max of the initial output kernel "
-                        "(default 1.8 for lambda = 0, 0.2 for lambda > 0)")
-    p.add_argument("--tol", type=float, default=1e-18,
-                   help="stop once every run's loss is below this (default 1e-18)")
-    p.add_argument("--target", default="linear", choices=["linear", "teacher"])
+                   help="step as a multiple of 1/lambda_max of each run's initial tangent kernel "
+                        "(the normalised protocol's default: 1.8 for lambda = 0, 0.2 for lambda > 0)")
+    p.add_argument("--target", default=None, choices=["linear", "teacher"],
+                   help="default: authors: y = X theta for linear units, a random teacher of the same width "
+                        "and activation otherwise; normalised: linear")
+    p.add_argument("--dtype", default="float64", choices=["float32", "float64"],
+                   help="precision of the p-sized tensors (default float64; linear units always use float64)")
+    p.add_argument("--first-run", type=int, default=0,
+                   help="index of the first run (each run's draws depend on (seed, run index) only)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: faster than 2 on a busy 2-core machine)")
     p.add_argument("--seed", type=int, default=0)
@@ -433,16 +546,27 @@ def register(subparsers) -> argparse.ArgumentParser:
 
     p = sub.add_parser("two-layer", help="two-layer feedback alignment (Song, Xu & Lafferty 2021)")
     p.add_argument("--width", type=int, default=3200, help="hidden width p (default 3200)")
-    p.add_argument("--lam", type=float, default=0.0, help="ridge penalty on the output weights")
-    p.add_argument("--eta", type=float, default=None, help="explicit step size (overrides --eta-scale)")
-    p.add_argument("--algorithm", default="fa", choices=["fa", "bp"])
-    _two_layer_options(p, steps=20000)
+    p.add_argument("--lam", type=float, default=0.0, help="ridge penalty on the output weights (default 0)")
+    p.add_argument("--runs", type=int, default=5, help="independent runs, trained in batches (default 5)")
+    _two_layer_options(p)
     p.set_defaults(func=_cmd_two_layer)
 
     p = sub.add_parser("sweep", help="alignment vs width for several lambda; writes JSON and PNGs")
-    p.add_argument("--widths", type=int, nargs="+", default=list(DEFAULT_WIDTHS))
-    p.add_argument("--lams", type=float, nargs="+", default=list(DEFAULT_LAMS))
-    p.add_argument("--out", default="docs/img/theory", help="output folder (default docs/img/theory)")
+    p.add_argument("--widths", type=int, nargs="+", default=list(DEFAULT_WIDTHS),
+                   help="default: the authors' 200 400 ... 12800")
+    p.add_argument("--lams", type=float, nargs="+", default=None,
+                   help="default: the authors' grid for the activation (linear 0 0.2 0.3 0.5, relu 0 0.02 0.05 "
+                        "0.2, tanh 0 0.001 0.002 0.005, sigmoid 0 0.001 0.003 0.01; normalised 0 0.01 0.1)")
+    p.add_argument("--runs", type=int, default=None,
+                   help="runs per point (default: 50 as in the paper, 5 normalised); the full authors' grid "
+                        "takes many CPU-hours, see docs/theory.md")
+    p.add_argument("--out", default="results/theory/paper3",
+                   help="folder for sweep_<activation>.json (default results/theory/paper3)")
+    p.add_argument("--figures", default=None,
+                   help="folder for the PNGs (default: --out); one panel per sweep file of the protocol in --out")
+    p.add_argument("--append", action="store_true",
+                   help="keep the points already in the sweep file (a point trained again replaces its record)")
+    p.add_argument("--record-every", type=int, default=100, help="steps between loss-curve records (default 100)")
     p.add_argument("--replot", action="store_true",
                    help="train nothing: draw the figures from the sweep JSON already in --out "
                         "(which is rewritten after every point, so a stopped sweep can be drawn)")

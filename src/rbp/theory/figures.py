@@ -24,8 +24,8 @@ __all__ = [
     "chain_trajectories",
     "autoencoder_convergence",
     "nonlinear_trajectories",
-    "two_layer_alignment",
-    "two_layer_loss_curves",
+    "two_layer_alignment_panels",
+    "two_layer_loss_panels",
     "mnist_fa",
     "make_all",
 ]
@@ -170,43 +170,96 @@ def nonlinear_trajectories(path, *, mu: float = 2.0, seed: int = 0) -> Path:
     return _save(fig, path)
 
 
-def two_layer_alignment(path, records, *, activation: str = "") -> Path:
-    """Alignment ``cos(b, beta)`` against width, one line per lambda (mean +- sd over runs)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    lams = sorted({r["lam"] for r in records})
-    for lam in lams:
-        rs = sorted((r for r in records if r["lam"] == lam), key=lambda r: r["width"])
-        w = [r["width"] for r in rs]
-        m = np.array([r["alignment_mean"] for r in rs])
-        s = np.array([r["alignment_sd"] for r in rs])
-        ax.errorbar(w, m, yerr=s, marker="o", capsize=3, label=rf"$\lambda={lam:g}$")
-    ax.set_xscale("log", base=2)
-    widths = sorted({r["width"] for r in records})
-    ax.set_xticks(widths)
-    ax.set_xticklabels([str(w) for w in widths])
-    ax.minorticks_off()
-    ax.set_xlabel("hidden width p")
-    ax.set_ylabel(r"alignment $\cos(b, \beta)$")
-    ax.set_ylim(-0.05, 1.0)
-    ax.axhline(0, color="0.7", lw=0.5)
-    r0 = records[0]
-    ax.set_title(f"Feedback alignment, two-layer {activation} network: alignment vs width\n"
-                 f"n={r0['n']}, d={r0['d']}, {r0['runs']} runs per point, target: {r0['target']}",
-                 fontsize=10)
-    ax.legend()
+def _runs_label(records) -> str:
+    """'5 runs per point', or e.g. '4 runs (p <= 1600), 1 run (p = 3200)' when they differ."""
+    by = {}
+    for r in records:
+        by.setdefault(r["runs"], set()).add(r["width"])
+    if len(by) == 1:
+        k = next(iter(by))
+        return f"{k} run{'s' if k != 1 else ''} per point"
+    parts = []
+    for k in sorted(by, reverse=True):
+        ws = sorted(by[k])
+        span = f"p = {ws[0]}" if len(ws) == 1 else f"p = {ws[0]}-{ws[-1]}"
+        parts.append(f"{k} run{'s' if k != 1 else ''} ({span})")
+    return ", ".join(parts)
+
+
+def _panel_grid(k: int):
+    cols = min(k, 2)
+    rows = (k + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.3 * rows), squeeze=False)
+    for ax in axes.ravel()[k:]:
+        ax.set_visible(False)
+    return fig, axes.ravel()[:k]
+
+
+def two_layer_alignment_panels(path, panels, *, protocol: str = "authors") -> Path:
+    """Alignment ``cos(b, beta)`` against width, one panel per sweep, one line per lambda.
+
+    ``panels``: ``(activation, target, records, loss_curves)`` per sweep file; the
+    points are the mean +- sd over the runs that did not diverge, and the number
+    of diverged runs is written beside a point that had any.
+    """
+    fig, axes = _panel_grid(len(panels))
+    all_widths = sorted({r["width"] for _, _, records, _ in panels for r in records})
+    for ax, (act, target, records, _) in zip(axes, panels):
+        lams = sorted({r["lam"] for r in records})
+        for lam in lams:
+            rs = sorted((r for r in records if r["lam"] == lam), key=lambda r: r["width"])
+            w = np.array([r["width"] for r in rs])
+            m = np.array([np.nan if r["alignment_mean"] is None else r["alignment_mean"] for r in rs])
+            sd = np.array([np.nan if r["alignment_sd"] is None else r["alignment_sd"] for r in rs])
+            line = ax.errorbar(w, m, yerr=sd, marker="o", ms=4, capsize=3, label=rf"$\lambda={lam:g}$")
+            for r, wi, mi in zip(rs, w, m):
+                if r["diverged_runs"]:
+                    ax.annotate(f"{r['diverged_runs']}/{r['runs']} div.", (wi, 0.02 if np.isnan(mi) else mi),
+                                textcoords="offset points", xytext=(4, -10), fontsize=7,
+                                color=line[0].get_color())
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(all_widths)                 # the same axis in every panel
+        ax.set_xticklabels([str(w) for w in all_widths], fontsize=8)
+        ax.set_xlim(all_widths[0] / 1.3, all_widths[-1] * 1.3)
+        ax.minorticks_off()
+        ax.set_xlabel("hidden width p")
+        ax.set_ylabel(r"alignment $\cos(b, \beta)$")
+        ax.set_ylim(-0.05, 1.02)
+        ax.axhline(0, color="0.7", lw=0.5)
+        ax.set_title(f"{act} units, target: {target}\n{_runs_label(records)}", fontsize=9)
+        ax.legend(fontsize=8, loc="lower left")
+    r0 = panels[0][2][0]
+    fig.suptitle(f"Two-layer feedback alignment, {protocol} protocol (n={r0['n']}, d={r0['d']}): "
+                 "alignment at the end vs width (mean $\\pm$ sd over runs)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def two_layer_loss_curves(path, curves, *, activation: str = "") -> Path:
-    """Training loss against step, log scale (``curves``: list of (label, steps, mean loss))."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for label, steps, loss in curves:
-        ax.semilogy(steps, loss, label=label)
-    ax.set_xlabel("gradient step")
-    ax.set_ylabel(r"training loss $\frac{1}{2}|f - y|^2$ (mean over runs)")
-    ax.set_title(f"Feedback alignment, two-layer {activation} network: loss curves")
-    ax.legend(fontsize=7, ncol=2)
+def two_layer_loss_panels(path, panels, *, protocol: str = "authors") -> Path:
+    """Mean training loss against step, one panel per sweep: every lambda at its smallest
+    (solid) and its largest (dashed) width in the sweep."""
+    fig, axes = _panel_grid(len(panels))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (act, target, records, curves) in zip(axes, panels):
+        lams = sorted({c["lam"] for c in curves})
+        for i, lam in enumerate(lams):
+            widths = sorted({c["width"] for c in curves if c["lam"] == lam})
+            ends = sorted({widths[0], widths[-1]})
+            for w in ends:
+                cv = [c for c in curves if c["width"] == w and c["lam"] == lam]
+                if not cv:
+                    continue
+                y = np.array([np.nan if v is None else v for v in cv[0]["loss_mean"]], dtype=float)
+                ax.semilogy(cv[0]["steps"], y, color=colours[i % len(colours)],
+                            ls="-" if w == ends[0] else "--", lw=1.2,
+                            label=rf"$\lambda={lam:g}$, p={w}")
+        ax.set_xlabel("gradient step")
+        ax.set_ylabel("training loss (mean over runs)")
+        ax.set_title(f"{act} units, target: {target}", fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
+    loss = "(1/n) sum (f - y)^2" if protocol == "authors" else "1/2 sum (f - y)^2"
+    fig.suptitle(f"Two-layer feedback alignment, {protocol} protocol: training loss {loss} "
+                 "(a stopped run keeps its last value; diverged runs left out)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
