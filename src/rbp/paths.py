@@ -53,19 +53,20 @@ def output_dir(path, what: str, empty: bool = False, create: bool = True) -> Pat
         if anc.exists() and not anc.is_dir():
             raise ConfigError(f"{what} {path}: {anc} is a file, not a folder")
         if not create:              # made later by the command: the folder it will be made in must take it
-            try:
-                with tempfile.TemporaryFile(dir=anc):
-                    pass
-            except OSError as e:
-                raise ConfigError(f"{what} {path}: cannot create the folder in {anc} ({_why(e)})") from None
+            _try_write(anc, f"{what} {path}: cannot create the folder in {anc}")
             return p
         try:
             p.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"{what} {path}: cannot create the folder ({_why(e)})") from None
+    _try_write(p, f"{what} {path}: folder not writable")
+    return p
+
+
+def _try_write(folder: Path, message: str):
+    """Make and remove a temporary file in ``folder``, else ConfigError ``message (reason)``."""
     try:
-        with tempfile.TemporaryFile(dir=p):
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise ConfigError(f"{what} {path}: folder not writable ({_why(e)})") from None
-    return p
+        raise ConfigError(f"{message} ({_why(e)})") from None
