@@ -60,9 +60,16 @@ class Route:
                               "a kernel's synapses are shared across positions")
 
     def feedback_shape(self, sites: list, i: int, n_top: int):
-        """One network's feedback tensor for ``sites[i]`` (None: the site holds none)."""
-        if i == 0:
-            return None            # the first layer's input is the data: nothing below it learns
+        """One network's feedback tensor for ``sites[i]`` (None: the site holds none).
+
+        The first site's input is the data, and nothing below it learns; should the
+        graph show that its input was computed (``rbp.convert`` could not know the
+        order), it gets :meth:`fed_feedback_shape` at the first pass.
+        """
+        return None if i == 0 else self.fed_feedback_shape(sites, i, n_top)
+
+    def fed_feedback_shape(self, sites: list, i: int, n_top: int):
+        """The feedback of ``sites[i]`` when its input is computed by the network."""
         return sites[i].chained_feedback_shape()
 
     def forward_sign(self, sites: list, i: int, k: int):
@@ -163,9 +170,7 @@ class Skip(Route):
             raise ConfigError(f"feedback {self.alg.feedback.kind!r} with {self.alg.name} needs the product of the "
                               "forward matrices above each layer, which is not defined across conv layers")
 
-    def feedback_shape(self, sites, i, n_top):
-        if i == 0:
-            return None
+    def fed_feedback_shape(self, sites, i, n_top):
         return (self._reads(sites, i, n_top), sites[i].skip_width())   # width None: sized at the first pass
 
     def _reads(self, sites, i, n_top):
@@ -275,8 +280,9 @@ class PerSynapse(Skip):
     feedback_adaptive = False
 
     def feedback_shape(self, sites, i, n_top):
-        if i == len(sites) - 1:
-            return None
+        return None if i == len(sites) - 1 else self.fed_feedback_shape(sites, i, n_top)
+
+    def fed_feedback_shape(self, sites, i, n_top):
         s = sites[i]
         return (n_top, s.out_features, s.in_features + (s.bias is not None))
 
@@ -312,6 +318,8 @@ class Top(Route):
 
     def feedback_shape(self, sites, i, n_top):
         return None
+
+    fed_feedback_shape = feedback_shape
 
     def signal(self, site, pas, src, g, x, weight, fbk):
         return None

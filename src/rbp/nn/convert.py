@@ -259,8 +259,8 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     seeds = _seed_list(seed, ensemble)
     top = layers[-1][1]
     top_size = top.out_features if not isinstance(top, CONVS) else top.out_channels
-    if output_size is not None and output_size != top_size:
-        raise ConfigError(f"output_size={output_size} but the top layer has {top_size} outputs")
+    if output_size is not None:     # the output layer's width, where the last layer registered is not the output
+        top_size = output_size
 
     sites = []
     for name, layer in layers:
@@ -294,7 +294,7 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
             if a.init_scale != 1.0:
                 for site in sites:
                     site.weight[k].mul_(a.init_scale)
-    _init_feedback(sites, alg, seeds, ensemble, members)
+    _init_feedback(sites, alg, seeds, ensemble, members, n_top=top_size)
     model.register_forward_pre_hook(channel.begin_pass)
     _route_structure(alg, model, channel)
     model.rbp_channel = channel
@@ -342,7 +342,8 @@ def _out_width(site) -> int:
     return site.out_channels if isinstance(site, FeedbackConv2d) else site.out_features
 
 
-def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Sequence[Algorithm] | None = None):
+def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Sequence[Algorithm] | None = None,
+                   n_top: int | None = None):
     """Draw every site's feedback, as its route says; ``members`` gives each ensemble member its own
     initial-state fields.  A skip matrix whose width is not known yet (a conv layer's input map
     without ``example_input``) is drawn at the site's first forward pass (:class:`_LazySkip`)."""
@@ -353,14 +354,17 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Se
     specs = [a.feedback for a in members]
     scales = [a.feedback_scale for a in members]
     gens = [generator(s, "feedback") for s in seeds]
-    n_top = _out_width(sites[-1])
+    n_top = _out_width(sites[-1]) if n_top is None else n_top
 
     for i, site in enumerate(sites):
         shape = route.feedback_shape(sites, i, n_top)
         if shape is None:
+            fed = route.fed_feedback_shape(sites, i, n_top) if i == 0 else None
+            if fed is not None:       # drawn only if a pass shows that this site's input is computed
+                site._lazy_feedback = _LazyFeedback(route, specs, scales, seeds, i, fed, ensemble, only_if_fed=True)
             continue
-        if shape[-1] is None:        # sized at the first forward pass
-            site._lazy_feedback = _LazySkip(specs, scales, seeds, i, shape[0], ensemble, alg.adaptive)
+        if shape[-1] is None:        # a skip matrix for a conv input map: sized at the first forward pass
+            site._lazy_feedback = _LazyFeedback(route, specs, scales, seeds, i, shape, ensemble)
             continue
         kernel = route.chained and len(shape) > 2
         fan_out = math.prod(shape[1:]) if kernel else shape[-1]
@@ -385,25 +389,41 @@ def _check_sparse(specs, fan_out, where):
             raise ConfigError(f"feedback sparse-{spec.sparsity}: n must be at most the fan-out {fan_out} {where}")
 
 
-class _LazySkip:
-    """A skip matrix drawn at its site's first forward pass, when the input's size is known.
+class _LazyFeedback:
+    """A feedback tensor drawn at its site's first forward pass.
 
-    Each such matrix has its own random stream (the feedback stream of the member's seed,
-    named after the site's position), so it does not depend on when the pass happens.
+    Two cases: a skip matrix whose width is the size of a conv layer's input map
+    (known once an input arrives), and the feedback of the site registered first,
+    which is drawn only if the graph shows that its input is computed by the
+    network (``rbp.convert`` takes the registration order for the forward order).
+    Each has its own random stream (the member's feedback seed, named after the
+    site's index), so it does not depend on when the pass happens.
     """
 
-    def __init__(self, specs, scales, seeds, index, reads, ensemble, adaptive):
-        self.specs, self.scales, self.seeds = specs, scales, seeds
-        self.index, self.reads, self.ensemble, self.adaptive = index, reads, ensemble, adaptive
+    def __init__(self, route, specs, scales, seeds, index, shape, ensemble, only_if_fed=False):
+        self.route, self.specs, self.scales, self.seeds = route, specs, scales, seeds
+        self.index, self.shape, self.ensemble, self.only_if_fed = index, shape, ensemble, only_if_fed
+        self.adaptive = route.feedback_adaptive
+
+    def wanted(self, x) -> bool:
+        return not self.only_if_fed or x.requires_grad
 
     def __call__(self, site, x):
-        K = self.ensemble or 1
-        site.input_shape = (x.shape[1] // K, *x.shape[2:])
-        width = site.skip_width()
-        _check_sparse(self.specs, width, f"of layer {self.index + 1}'s learning channel")
+        shape = self.shape
+        if shape[-1] is None:
+            K = self.ensemble or 1
+            site.input_shape = (x.shape[1] // K, *x.shape[2:])
+            shape = (shape[0], site.skip_width())
+        kernel = self.route.chained and len(shape) > 2
+        fan_out = math.prod(shape[1:]) if kernel else shape[-1]
+        _check_sparse(self.specs, fan_out, f"of layer {self.index + 1}'s learning channel")
+        sites = site.channel.sites
+
+        def sign_of(k):
+            return self.route.forward_sign(sites, self.index, k) if self.specs[k].needs_forward_sign else None
+
         gens = [generator(s, f"feedback-lazy-{self.index}", x.device) for s in self.seeds]
-        tensor = _members(self.specs, (self.reads, width), gens, site, False, lambda k: None, self.ensemble,
-                          self.scales)
+        tensor = _members(self.specs, shape, gens, site, self.route.chained, sign_of, self.ensemble, self.scales)
         return tensor.to(x.device), self.adaptive
 
 

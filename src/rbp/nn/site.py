@@ -149,7 +149,7 @@ class Site(nn.Module, metaclass=abc.ABCMeta):
     def forward(self, x):
         if self.channel is None:  # not converted: plain backprop
             return self.affine(x, self.weight, self.bias)
-        if self._lazy_feedback is not None:
+        if self._lazy_feedback is not None and self._lazy_feedback.wanted(x):
             self._materialize_feedback(x)
         return self.site_call(x, self.weight, self.bias, self.feedback)
 
