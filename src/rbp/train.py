@@ -30,7 +30,7 @@ from .channel.algorithm import Algorithm, algorithm as make_algorithm, training_
 from .channel.noise import generator
 from .errors import ConfigError
 from .diagnostics import Settling, alignment, model_alignment
-from .models import cifar_convnet, lenet, mlp, resnet20
+from .models import cifar_convnet, lenet, mlp, resnet20, vit
 from .nn.convert import convert
 from .nn.conv import use_channels_last
 from .nn.fused import FusedNetwork, softmax_xent_grad
@@ -41,10 +41,12 @@ PAPER_HIDDEN = MNIST.hidden
 
 # Network families a TrainSpec can name: "mlp" (sizes from ``hidden``) or paper 1's CIFAR-10
 # convolutional network (rbp.models.cifar_convnet; ``hidden`` is not used).
-MODELS = ("mlp", "convnet", "cifar_convnet", "lenet", "resnet20")
-CONV_MODELS = {"convnet": cifar_convnet, "cifar_convnet": cifar_convnet, "lenet": lenet, "resnet20": resnet20}
-CONV_WEIGHT_LAYERS = {"convnet": 5, "cifar_convnet": 5, "lenet": 5, "resnet20": 20}
-SINGLE_ONLY = ("resnet20",)   # conv models without an ensemble layout (batch norm)
+MODELS = ("mlp", "convnet", "cifar_convnet", "lenet", "resnet20", "vit")
+CONV_MODELS = {"convnet": cifar_convnet, "cifar_convnet": cifar_convnet, "lenet": lenet, "resnet20": resnet20,
+               "vit": vit}     # image-layout models (vit: rbp.models.vit's defaults)
+# vit: patch conv, position table, 4 x (in_proj, out_proj, linear1, linear2), head
+CONV_WEIGHT_LAYERS = {"convnet": 5, "cifar_convnet": 5, "lenet": 5, "resnet20": 20, "vit": 19}
+SINGLE_ONLY = ("resnet20", "vit")   # image models without an ensemble layout (batch norm, layer norm)
 CONV_PROBE = 256           # examples in the alignment probe batch of a conv net (rbp.diagnostics)
 
 
@@ -510,7 +512,7 @@ def ensemble_capacity(spec: TrainSpec, input_dim: int, num_classes: int, memory:
     temporaries of the grouped convolutions).
     """
     memory = available_memory(spec.device) if memory is None else memory
-    if spec.model in SINGLE_ONLY:
+    if spec.model in SINGLE_ONLY or spec.algorithm.blocks:     # srbp's block mode: one network at a time
         return 1
     if spec.model in CONV_MODELS:
         if torch.device(spec.device).type == "cpu":
