@@ -23,6 +23,7 @@ to put our numbers beside the paper's::
     frozen = []                                 # 1-based weight layers that do not learn
     model = "mlp"                               # or the name of a network in rbp.models
     augment = false                             # data augmentation (conv protocol)
+    optimizer = "sgd"                           # sgd (with momentum above) or adam (momentum 0)
 
     [[config]]                                  # one per configuration, in display order
     id = "baseline-rbp"                         # [a-z0-9._-], unique in the file
@@ -157,7 +158,7 @@ PROTOCOL_CHECKS = {
     "lr": _float(0, lo_open=True), "decay": _float(0), "momentum": _float(0, 1),
     "hidden": _int_list(1, False, 100_000), "activation": _ACTIVATION,
     "frozen": _int_list(1, True), "model": _str(pattern=re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")),
-    "augment": _bool,
+    "augment": _bool, "optimizer": _str(("sgd", "adam")),
 }
 CONFIG_CHECKS = {
     "id": _str(pattern=_NAME), "label": _str(), "algorithm": _str(tuple(ALGORITHMS)),
@@ -242,7 +243,7 @@ class Experiment:
                       batch_size=p["batch_size"], lr=p["lr"], decay=p["decay"], momentum=p["momentum"],
                       device=device, frozen=tuple(p["frozen"]))
         fields = {f.name for f in dataclasses.fields(TrainSpec)}
-        for key, default in (("model", "mlp"), ("augment", False)):
+        for key, default in (("model", "mlp"), ("augment", False), ("optimizer", "sgd")):
             if p[key] != default:
                 if key not in fields:
                     raise ConfigError(f"experiment {self.name}: protocol {key} = {p[key]!r} needs a training "
@@ -463,7 +464,7 @@ def from_spec(spec, seeds, name: str | None = None) -> Experiment:
     proto = {"epochs": spec.epochs, "seeds": len(seeds), "batch_size": spec.batch_size, "lr": spec.lr,
              "decay": spec.decay, "momentum": spec.momentum, "hidden": list(spec.hidden),
              "activation": spec.activation, "frozen": list(spec.frozen), "model": model,
-             "augment": spec.augment}
+             "augment": spec.augment, "optimizer": spec.optimizer}
     lines = ["# written by `rbp train --out`: one configuration, the seeds below",
              f"name = {_toml_value(name)}",
              f"description = {_toml_value(f'rbp train: {alg.describe()} on {spec.dataset}, seeds {seeds}')}",
