@@ -348,3 +348,25 @@ def test_block_mode_on_cuda_equals_cpu():
     got = grads(gpu, x.cuda(), y.cuda())
     assert getattr(gpu.blocks[0], BUFFER).device.type == "cuda"
     assert_grads_equal({k: v.cpu() for k, v in got.items()}, grads(cpu, x, y), tol=1e-10)
+
+
+def test_adam_optimizer_in_protocols_and_stores():
+    from rbp.experiments.store import spec_key
+    from rbp.optim import Adam
+    from rbp.train import TrainSpec, Trainer
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = Adam([w], lr=0.1, decay=0.5)
+    for t in range(3):
+        w.grad = torch.tensor([1.0, -2.0, 3.0])
+        opt.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.1 / (1 + 0.5 * t))
+    assert opt.current_lr() == pytest.approx(0.1 / 2.5)
+    # a constant gradient: each Adam step moves by lr_t * sign(g) (bias-corrected moments)
+    assert torch.allclose(w.detach(), 1 - 0.1 * torch.tensor([1.0, -1.0, 1.0]) * (1 + 1 / 1.5 + 1 / 2), atol=1e-5)
+    spec = TrainSpec(dataset="digits", optimizer="adam", lr=1e-3, hidden=(16,), epochs=1)
+    assert isinstance(Trainer(spec.validate(), [0], probe_size=0).opt, Adam)
+    assert spec_key(spec)["optimizer"] == "adam" and "optimizer" not in spec_key(TrainSpec())   # old stores resume
+    with pytest.raises(ConfigError, match="momentum is SGD's"):
+        TrainSpec(optimizer="adam", momentum=0.9).validate()
+    with pytest.raises(ConfigError, match="optimizer must be one of"):
+        TrainSpec(optimizer="lbfgs").validate()
