@@ -198,6 +198,15 @@ def test_no_signal_is_computed_above_a_block_output():
     assert _Probe.calls == 1                   # the same probe runs under backprop
 
 
+def test_only_the_head_is_an_output_site():
+    """The sites below a block feed its signal: the pass does not take them for output sites."""
+    model = rbp.convert(ResMLP().double(), "srbp", blocks=["blocks.*"], seed=0)
+    x, _ = _x_y()
+    model(x)
+    pas = model.rbp_channel.current_pass()
+    assert [pas.order[p] for p in pas.outputs()] == [model.head]
+
+
 # ----------------------------------------------------------------------------- state, names, errors
 
 def test_state_dict_keys_and_round_trip():

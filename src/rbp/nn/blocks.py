@@ -140,6 +140,8 @@ class BlockFeedback:
         if not output.requires_grad:
             return None          # nothing below it learns
         self._pending.append((module, output))
+        # the sites that computed this output feed something (the block's signal): none of them is an output site
+        self.channel.current_pass().consume(output)
         return output.detach()
 
     def _deliver(self, model, inputs, output):

@@ -42,7 +42,8 @@ from torch.nn.grad import conv2d_input, conv2d_weight
 from ..channel import feedback as fb
 from ..channel.quantize import quantize
 from ..errors import ConfigError, UnsupportedModelError
-from .layers import FeedbackLinear, _CHUNK_ELEMENTS
+from .layers import _CHUNK_ELEMENTS
+from .site import Site
 
 
 def _channels_last(t) -> bool:
@@ -222,11 +223,8 @@ class ConvOps:
             gb = quantize(g4.sum(-1), alpha, bits, flush).sum(0).div_(scale).view(self.bias.shape)
         return gW.view(self.weight.shape).div_(scale), gb
 
-    def per_synapse_update(self, error, g, x, P):  # pragma: no cover - refused by convert()
-        raise NotImplementedError("per-synapse feedback is not defined for conv layers")
 
-
-class FeedbackConv2d(ConvOps, nn.Module):
+class FeedbackConv2d(ConvOps, Site):
     """An ``nn.Conv2d`` (groups=1, zero padding) trained by the learning channel.
 
     Attributes: ``weight`` (O, C, kh, kw), or (K, O, C, kh, kw) with
@@ -247,12 +245,20 @@ class FeedbackConv2d(ConvOps, nn.Module):
         lead = (ensemble,) if ensemble else ()
         self.weight = nn.Parameter(torch.empty(*lead, out_channels, in_channels, *self.kernel_size, **kw))
         self.bias = nn.Parameter(torch.zeros(*lead, out_channels, **kw)) if bias else None
-        self.register_buffer("feedback", None)
-        self.channel = None
+        self._init_site_state()
         self.input_shape = None   # one network's (C, H, W) input map, when known (needed by the skipped route)
 
-    algorithm = FeedbackLinear.algorithm
-    set_feedback = FeedbackLinear.set_feedback
+    kind = "conv"
+
+    def chained_feedback_shape(self):
+        return tuple(self.weight.shape[1:] if self.ensemble else self.weight.shape)
+
+    def skip_width(self):
+        return None if self.input_shape is None else math.prod(self.input_shape)
+
+    def keep_mask(self, noise, J, p):
+        """Per-member noise in the map's layout: an ensemble's members share the map's channels."""
+        return self.fold_members(noise.keep_mask(self.member_shape(J), p, J.dtype, J.device))
 
     @classmethod
     def from_conv(cls, conv) -> "FeedbackConv2d":
@@ -285,8 +291,6 @@ class FeedbackConv2d(ConvOps, nn.Module):
         site.weight = conv.weight
         site.bias = conv.bias
         return site
-
-    forward = FeedbackLinear.forward   # the same site forward: affine map, learning channel backward
 
     def extra_repr(self):
         ens = f", ensemble={self.ensemble}" if self.ensemble else ""
