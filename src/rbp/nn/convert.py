@@ -230,6 +230,11 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     as an attribute (as :func:`rbp.models.cifar_convnet` does) gets the pass
     with a zero input of that shape when ``example_input`` is not given.
 
+    ``blocks`` (srbp only; module names, ``*`` for one name component) and
+    ``block_feedback`` ("bp" or "rbp") select SRBP's block mode: the output of
+    every named module receives C_k E^L, and the signal travels below it by the
+    chained route (docs/blocks.md, :mod:`rbp.nn.blocks`).
+
     ``member_algorithms`` (an ensemble model only: one algorithm or name per
     member) makes a *mixed* ensemble: members whose algorithms differ only in
     their initial state (feedback distribution, ``feedback_scale``,
@@ -244,6 +249,10 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     alg = make_algorithm(algorithm, **options)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
+    if alg.blocks:      # srbp's block mode: chained sites, C_k E^L at the blocks' outputs (nn/blocks.py)
+        from .blocks import convert_blocks
+        return convert_blocks(model, alg, seed=seed, output_size=output_size, example_input=example_input,
+                              inplace=inplace, member_algorithms=member_algorithms)
     if not inplace:
         model = copy.deepcopy(model)
     found = _weight_layers(model)

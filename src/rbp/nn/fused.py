@@ -47,6 +47,8 @@ class FusedNetwork:
         """The stages of ``model``, or None when the fused driver cannot run it."""
         if not isinstance(model, nn.Sequential):
             return None
+        if getattr(getattr(model, "rbp_channel", None), "blocks", None) is not None:
+            return None        # srbp's block mode lives in forward hooks (rbp.nn.blocks): autograd driver
         stages: list[_Stage] = []
         for mod in model:
             if isinstance(mod, FeedbackLinear):
