@@ -19,6 +19,8 @@ from ..errors import ConfigError, UnsupportedModelError
 from .activations import ELEMENTWISE, NoDerivative, activation_of
 from .conv import EnsembleFlatten, EnsembleFold, FeedbackConv2d, StackedConv2d
 from .layers import FeedbackLinear, StackedLinear
+from . import recurrent
+from .recurrent import RECURRENT, FeedbackRecurrent
 
 # Modules between weight layers whose backward is the ordinary one (autograd's): they route,
 # reshape, mask or normalise the signal the channel delivers (see docs/conv.md).  BatchNorm's own
@@ -83,7 +85,7 @@ def _weight_layers(model: nn.Module):
     """The model's linear and conv layers in registration order; refuse anything unsupported."""
     found, bad = [], []
     for name, mod in model.named_modules():
-        if isinstance(mod, SITES):
+        if isinstance(mod, SITES + (FeedbackRecurrent,)):
             raise ConfigError(f"layer {name or 'model'!r} is already converted; convert the original model")
         if isinstance(mod, nn.Conv2d):
             if mod.groups != 1 or mod.padding_mode != "zeros":
@@ -93,6 +95,9 @@ def _weight_layers(model: nn.Module):
                 found.append((name, mod))
         elif isinstance(mod, (nn.Linear, StackedLinear, StackedConv2d)):
             found.append((name, mod))
+        elif isinstance(mod, RECURRENT):
+            why = recurrent.unsupported_reason(mod)
+            (bad.append(f"{name or 'model'} ({type(mod).__name__} with {why})") if why else found.append((name, mod)))
         elif isinstance(mod, ELEMENTWISE + STRUCTURAL + CONTAINERS + (NoDerivative,)):
             continue
         elif any(True for _ in mod.parameters(recurse=False)) or any(True for _ in mod.buffers(recurse=False)):
@@ -103,7 +108,8 @@ def _weight_layers(model: nn.Module):
         raise UnsupportedModelError(
             "unsupported layer(s): " + ", ".join(bad)
             + "; rbp.convert handles nn.Linear and nn.Conv2d (groups=1, zero padding) layers, elementwise "
-              "activations, Flatten, Dropout, max/average pooling and BatchNorm")
+              "activations, Flatten, Dropout, max/average pooling, BatchNorm, and nn.RNN, nn.GRU and "
+              "nn.LSTM (unidirectional, proj_size=0)")
     if not found:
         raise UnsupportedModelError("the model has no nn.Linear or nn.Conv2d layer to train")
     return found
@@ -274,6 +280,7 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     layers, shapes = _discover(model, found, example_input)
     _check_conv_options(alg, layers, shapes)
     _check_product_route(alg, model)
+    recurrent.check_options(alg, layers)
     ensembles = {getattr(m, "ensemble", None) for _, m in layers}
     if len(ensembles) > 1:
         raise UnsupportedModelError("mixing ensemble and single-network layers in one model is not supported")
@@ -286,7 +293,9 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
 
     sites = []
     for name, layer in layers:
-        if isinstance(layer, CONVS):
+        if isinstance(layer, RECURRENT):
+            site = recurrent.convert_recurrent(layer)
+        elif isinstance(layer, CONVS):
             site = FeedbackConv2d.from_conv(layer)
             shape = shapes.get(name)          # an ensemble's map holds K networks' channels: keep one's
             site.input_shape = None if shape is None else (shape[0] // (ensemble or 1), *shape[1:])
@@ -303,13 +312,15 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
             if isinstance(mod, ELEMENTWISE) and name:
                 _set_module(model, name, NoDerivative(mod))
 
-    channel = LearningChannel(alg, Noise(seeds, ensemble=bool(ensemble)), sites, top_size)
+    # a recurrent module holds one site per weight matrix (nn/recurrent.py); the channel lists them all
+    flat = [s for site in sites for s in (site.rbp_sites if isinstance(site, FeedbackRecurrent) else (site,))]
+    channel = LearningChannel(alg, Noise(seeds, ensemble=bool(ensemble)), flat, top_size)
     for site in sites:
         site.channel = channel
     members = _member_algorithms(alg, member_algorithms, ensemble, model)
     with torch.no_grad():
         if members is None and alg.init_scale != 1.0:
-            for site in sites:
+            for site in flat:
                 site.weight.mul_(alg.init_scale)
         for k, a in enumerate(members or ()):
             if a.init_scale != 1.0:
@@ -344,6 +355,9 @@ def _resolve_units(alg: Algorithm, model: nn.Module) -> Algorithm:
         return alg
     names, unknown = set(), set()
     for _, mod in model.named_modules():
+        if isinstance(mod, RECURRENT):     # a recurrent cell's own units
+            names.update({"RNN_TANH": ["tanh"], "RNN_RELU": ["relu"]}.get(mod.mode, ["logistic", "tanh"]))
+            continue
         inner = mod.inner if isinstance(mod, NoDerivative) else mod
         if isinstance(inner, ELEMENTWISE):
             act = activation_of(inner)
@@ -397,6 +411,12 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Se
                 raise ConfigError(f"feedback sparse-{spec.sparsity}: n must be at most the fan-out {fan_out} {where}")
 
     for i, site in enumerate(sites):
+        if isinstance(site, FeedbackRecurrent):   # draws its own matrices (nn/recurrent.py)
+            site.init_feedback(lambda s, shape, ch, sign_of: _members(specs, shape, gens, s, ch, sign_of, ensemble,
+                                                                       scales),
+                               specs, chained=chained, first=i == 0, skip_rows=widths[min(L - i, m)],
+                               adaptive=alg.adaptive, check=check_sparse)
+            continue
         if alg.feedback.per_synapse:
             if i == len(sites) - 1:
                 continue  # the top layer follows the gradient
