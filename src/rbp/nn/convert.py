@@ -355,8 +355,8 @@ def _resolve_units(alg: Algorithm, model: nn.Module) -> Algorithm:
         return alg
     names, unknown = set(), set()
     for _, mod in model.named_modules():
-        if isinstance(mod, RECURRENT):     # a recurrent cell's own units
-            names.update({"RNN_TANH": ["tanh"], "RNN_RELU": ["relu"]}.get(mod.mode, ["logistic", "tanh"]))
+        if isinstance(mod, RECURRENT):     # the cell's units (GRU, LSTM: tanh; their sigmoids are gates)
+            names.add("relu" if mod.mode == "RNN_RELU" else "tanh")
             continue
         inner = mod.inner if isinstance(mod, NoDerivative) else mod
         if isinstance(inner, ELEMENTWISE):
