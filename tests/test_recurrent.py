@@ -335,6 +335,8 @@ def test_refusals_are_one_line():
         (lambda: rbp.convert(make(cell="rnn-relu"), "nrbp", seed=1) and rbp.convert(
             nn.Sequential(nn.GRU(3, 5), nn.ReLU(), nn.Linear(5, 2)), "nrbp"), ConfigError, "relu, tanh"),
         (lambda: rbp.convert(rbp.convert(make(), "bp"), "rbp"), ConfigError, "already converted"),
+        (lambda: rbp.convert(nn.Sequential(nn.Linear(3, 3), nn.GRU(3, 5), nn.Linear(5, 2)), "distinct",
+                             backward_hidden=(4, 4)), ConfigError, "backward_hidden"),
         (lambda: rbp.convert(nn.Sequential(nn.Linear(3, 3), nn.GRU(3, 5)), "bp"), UnsupportedModelError, "nn.Linear"),
         (lambda: rbp.convert(nn.Sequential(rbp.nn.StackedLinear(2, 3, 3), nn.GRU(3, 5), nn.Linear(5, 2)), "bp"),
          UnsupportedModelError, "ensemble"),
