@@ -15,11 +15,13 @@ from ..channel.algorithm import Algorithm, algorithm as make_algorithm, training
 from ..channel.backward import Pass
 from ..channel.mirror import mirror_step
 from ..channel.noise import Noise, generator
-from ..channel.routes import route_of
+from ..channel.routes import Skip, route_of
 from ..errors import ConfigError, UnsupportedModelError
 from .activations import ELEMENTWISE, NoDerivative, activation_of
 from .conv import EnsembleFlatten, EnsembleFold, FeedbackConv2d, StackedConv2d
 from .layers import FeedbackLinear, StackedLinear
+from . import recurrent
+from .recurrent import RECURRENT, FeedbackRecurrent
 
 # Modules between weight layers whose backward is the ordinary one (autograd's): they route,
 # reshape, mask or normalise the signal the channel delivers (see docs/conv.md).  BatchNorm's own
@@ -85,7 +87,7 @@ def _weight_layers(model: nn.Module):
     """The model's linear and conv layers in registration order; refuse anything unsupported."""
     found, bad = [], []
     for name, mod in model.named_modules():
-        if isinstance(mod, SITES):
+        if isinstance(mod, SITES + (FeedbackRecurrent,)):
             raise ConfigError(f"layer {name or 'model'!r} is already converted; convert the original model")
         if isinstance(mod, nn.Conv2d):
             if mod.groups != 1 or mod.padding_mode != "zeros":
@@ -95,6 +97,9 @@ def _weight_layers(model: nn.Module):
                 found.append((name, mod))
         elif isinstance(mod, (nn.Linear, StackedLinear, StackedConv2d)):
             found.append((name, mod))
+        elif isinstance(mod, RECURRENT):
+            why = recurrent.unsupported_reason(mod)
+            (bad.append(f"{name or 'model'} ({type(mod).__name__} with {why})") if why else found.append((name, mod)))
         elif isinstance(mod, ELEMENTWISE + STRUCTURAL + CONTAINERS + (NoDerivative,)):
             continue
         elif any(True for _ in mod.parameters(recurse=False)) or any(True for _ in mod.buffers(recurse=False)):
@@ -105,7 +110,8 @@ def _weight_layers(model: nn.Module):
         raise UnsupportedModelError(
             "unsupported layer(s): " + ", ".join(bad)
             + "; rbp.convert handles nn.Linear and nn.Conv2d (groups=1, zero padding) layers, elementwise "
-              "activations, Flatten, Dropout, max/average pooling and BatchNorm")
+              "activations, Flatten, Dropout, max/average pooling, BatchNorm, and nn.RNN, nn.GRU and "
+              "nn.LSTM (unidirectional, proj_size=0)")
     if not found:
         raise UnsupportedModelError("the model has no nn.Linear or nn.Conv2d layer to train")
     return found
@@ -261,6 +267,7 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
         example_input = _declared_example(model, found)
     layers, shapes = _discover(model, found, example_input)
     _check_product_route(alg, model)
+    recurrent.check_options(alg, layers)
     ensembles = {getattr(m, "ensemble", None) for _, m in layers}
     if len(ensembles) > 1:
         raise UnsupportedModelError("mixing ensemble and single-network layers in one model is not supported")
@@ -273,7 +280,9 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
 
     sites = []
     for name, layer in layers:
-        if isinstance(layer, CONVS):
+        if isinstance(layer, RECURRENT):
+            site = recurrent.convert_recurrent(layer)
+        elif isinstance(layer, CONVS):
             site = FeedbackConv2d.from_conv(layer)
             shape = shapes.get(name)          # an ensemble's map holds K networks' channels: keep one's
             site.input_shape = None if shape is None else (shape[0] // (ensemble or 1), *shape[1:])
@@ -291,13 +300,15 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
             if isinstance(mod, ELEMENTWISE) and name:
                 _set_module(model, name, NoDerivative(mod))
 
-    channel = LearningChannel(alg, Noise(seeds, ensemble=bool(ensemble)), sites, top_size)
+    # a recurrent module holds one site per weight matrix (nn/recurrent.py); the channel lists them all
+    flat = [s for site in sites for s in (site.rbp_sites if isinstance(site, FeedbackRecurrent) else (site,))]
+    channel = LearningChannel(alg, Noise(seeds, ensemble=bool(ensemble)), flat, top_size)
     for site in sites:
         site.channel = channel
     members = _member_algorithms(alg, member_algorithms, ensemble, model)
     with torch.no_grad():
         if members is None and alg.init_scale != 1.0:
-            for site in sites:
+            for site in flat:
                 site.weight.mul_(alg.init_scale)
         for k, a in enumerate(members or ()):
             if a.init_scale != 1.0:
@@ -316,6 +327,9 @@ def _resolve_units(alg: Algorithm, model: nn.Module) -> Algorithm:
         return alg
     names, unknown = set(), set()
     for _, mod in model.named_modules():
+        if isinstance(mod, RECURRENT):     # the cell's units (GRU, LSTM: tanh; their sigmoids are gates)
+            names.add("relu" if mod.mode == "RNN_RELU" else "tanh")
+            continue
         inner = mod.inner if isinstance(mod, NoDerivative) else mod
         if isinstance(inner, ELEMENTWISE):
             act = activation_of(inner)
@@ -355,7 +369,7 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Se
                    n_top: int | None = None):
     """Draw every site's feedback, as its route says; ``members`` gives each ensemble member its own
     initial-state fields.  A skip matrix whose width is not known yet (a conv layer's input map
-    without ``example_input``) is drawn at the site's first forward pass (:class:`_LazySkip`)."""
+    without ``example_input``) is drawn at the site's first forward pass (:class:`_LazyFeedback`)."""
     if not alg.random_feedback:
         return
     route = route_of(alg)
@@ -366,6 +380,13 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Se
     n_top = _out_width(sites[-1]) if n_top is None else n_top
 
     for i, site in enumerate(sites):
+        if isinstance(site, FeedbackRecurrent):   # draws its own matrices (nn/recurrent.py)
+            site.init_feedback(lambda s, shape, ch, sign_of: _members(specs, shape, gens, s, ch, sign_of, ensemble,
+                                                                       scales),
+                               specs, chained=route.chained, first=i == 0,
+                               skip_rows=route._reads(sites, i, n_top) if isinstance(route, Skip) else None,
+                               adaptive=route.feedback_adaptive, check=lambda f, w: _check_sparse(specs, f, w))
+            continue
         shape = route.feedback_shape(sites, i, n_top)
         if shape is None:
             fed = route.fed_feedback_shape(sites, i, n_top) if i == 0 else None
