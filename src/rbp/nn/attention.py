@@ -321,6 +321,8 @@ class FeedbackMultiheadAttention(nn.MultiheadAttention):
         else:
             out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, E)
         out = self.out_proj(out)
+        if batch_first:   # torch's memory layout (seq-major), so that a dropout after it draws torch's mask
+            out = out.transpose(0, 1).contiguous().transpose(0, 1)
         if not is_batched:
             out = out.squeeze(1)
             if weights is not None:

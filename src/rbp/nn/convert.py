@@ -325,7 +325,10 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
             if a.init_scale != 1.0:
                 for site in sites:
                     site.weight[k].mul_(a.init_scale)
-    _init_feedback(sites, alg, seeds, ensemble, members)
+    # a LayerNorm may sit before the first site (pre-LN transformers): its parameters learn from the signal
+    # at the first site's input, so that site gets feedback too
+    first = any(isinstance(m, nn.LayerNorm) for m in model.modules())
+    _init_feedback(sites, alg, seeds, ensemble, members, first=first)
     model.register_forward_pre_hook(channel.begin_pass)
     _route_structure(alg, model, channel)
     model.rbp_channel = channel
@@ -385,8 +388,12 @@ def _member_algorithms(alg: Algorithm, given, ensemble, model) -> list | None:
     return members
 
 
-def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Sequence[Algorithm] | None = None):
-    """Draw every site's feedback; ``members`` gives each ensemble member its own initial-state fields."""
+def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Sequence[Algorithm] | None = None,
+                   first: bool = False):
+    """Draw every site's feedback; ``members`` gives each ensemble member its own initial-state fields.
+
+    ``first``: the first site gets feedback as well, drawn after the others (which stay as without it).
+    """
     if not alg.random_feedback:
         return
     members = list(members) if members is not None else [alg] * len(seeds)
@@ -406,14 +413,15 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Se
             if spec.kind == "sparse" and spec.sparsity > fan_out:
                 raise ConfigError(f"feedback sparse-{spec.sparsity}: n must be at most the fan-out {fan_out} {where}")
 
-    for i, site in enumerate(sites):
+    order = list(enumerate(sites))
+    for i, site in (order[1:] + order[:1]) if first else order:
         if alg.feedback.per_synapse:
             if i == len(sites) - 1:
                 continue  # the top layer follows the gradient
             shape = (n_top, site.out_features, site.in_features + (site.bias is not None))
             site.set_feedback(_members(specs, shape, gens, site, False, lambda k: None, ensemble, scales), False)
             continue
-        if i == 0:
+        if i == 0 and not first:
             continue  # the first layer's input is the data: no learning channel below it
         conv_kernel = chained and isinstance(site, FeedbackConv2d)
         if conv_kernel:
