@@ -47,14 +47,35 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..channel.backward import site_backward
 from ..errors import ConfigError, UnsupportedModelError
-from .layers import LinearOps, _SiteFunction
+from .layers import LinearOps
 
 # torch modules that only hold attention and linear layers and call them; convert walks through them
 TRANSFORMER_CONTAINERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder,
                           nn.TransformerDecoder, nn.Transformer)
 ATTENTION = (nn.MultiheadAttention,)
 _TRANSFORMER_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+class _ProjectionFunction(torch.autograd.Function):
+    """layers._SiteFunction for a projection site.  The feedback is kept on ``ctx`` rather than saved:
+    the q and kv blocks of one packed projection read rows of one feedback tensor, and a refreshed
+    feedback (resampled, sign-following) rewrites its block in place during the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, fbk, site, pas, position):
+        ctx.site, ctx.pas, ctx.position, ctx.fbk = site, pas, position, fbk
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, weight)
+        return site.affine(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        J, gW, gb, gF = site_backward(ctx.site, ctx.pas, ctx.position, g, x, weight, ctx.fbk,
+                                      ctx.needs_input_grad[:4])
+        return J, gW, gb, gF, None, None, None
 
 
 class ProjectionSite(LinearOps):
@@ -130,7 +151,7 @@ class ProjectionSite(LinearOps):
         """The projection of ``x``, with the learning channel as its backward."""
         pas = self.channel.current_pass()
         position = pas.enter(self)
-        return _SiteFunction.apply(x, self.weight, self.bias, self.feedback, self, pas, position)
+        return _ProjectionFunction.apply(x, self.weight, self.bias, self.feedback, self, pas, position)
 
     def __repr__(self):
         rows = "" if self.rows is None else f"[{self.rows.start}:{self.rows.stop}]"
