@@ -233,8 +233,10 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     ``adapt_rate``, ``loss_reduction``.
 
     Weight layers are ``nn.Linear`` and ``nn.Conv2d`` (groups=1, zero padding);
-    between them elementwise activations, Flatten, Dropout, pooling and BatchNorm
-    pass the channel's signal by autograd's backward (docs/conv.md).
+    between them elementwise activations, Flatten, Dropout, pooling, BatchNorm and
+    LayerNorm pass the channel's signal by autograd's backward (docs/conv.md).
+    ``nn.MultiheadAttention`` (and so torch's Transformer layers) has its
+    projections as sites and the attention itself as structure (docs/transformers.md).
 
     Paper 2's options (docs/symmetries.md): ``backward_nonlinearity`` (the
     learning channel's units; ``"same"`` is resolved here to the forward units'
