@@ -17,6 +17,7 @@ from ..channel.mirror import mirror_step
 from ..channel.noise import Noise, generator
 from ..channel.routes import Skip, route_of
 from ..errors import ConfigError, UnsupportedModelError
+from . import attention
 from .activations import ELEMENTWISE, NoDerivative, activation_of
 from .conv import EnsembleFlatten, EnsembleFold, FeedbackConv2d, StackedConv2d
 from .layers import FeedbackLinear, StackedLinear
@@ -29,9 +30,9 @@ from .recurrent import RECURRENT, FeedbackRecurrent
 STRUCTURAL = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Softmax, nn.LogSoftmax,
               nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
               nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.BatchNorm1d, nn.BatchNorm2d,
-              EnsembleFold, EnsembleFlatten)
-CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-SITES = (FeedbackLinear, FeedbackConv2d)
+              EnsembleFold, EnsembleFlatten, nn.LayerNorm)
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict) + attention.TRANSFORMER_CONTAINERS
+SITES = (FeedbackLinear, FeedbackConv2d, attention.FeedbackMultiheadAttention)
 CONVS = (nn.Conv2d, StackedConv2d)        # what becomes a FeedbackConv2d (StackedConv2d: a conv ensemble)
 
 
@@ -95,7 +96,7 @@ def _weight_layers(model: nn.Module):
                 bad.append(f"{name or 'model'} (Conv2d with {what})")
             else:
                 found.append((name, mod))
-        elif isinstance(mod, (nn.Linear, StackedLinear, StackedConv2d)):
+        elif isinstance(mod, (nn.Linear, StackedLinear, StackedConv2d) + attention.ATTENTION):
             found.append((name, mod))
         elif isinstance(mod, RECURRENT):
             why = recurrent.unsupported_reason(mod)
@@ -110,8 +111,8 @@ def _weight_layers(model: nn.Module):
         raise UnsupportedModelError(
             "unsupported layer(s): " + ", ".join(bad)
             + "; rbp.convert handles nn.Linear and nn.Conv2d (groups=1, zero padding) layers, elementwise "
-              "activations, Flatten, Dropout, max/average pooling, BatchNorm, and nn.RNN, nn.GRU and "
-              "nn.LSTM (unidirectional, proj_size=0)")
+              "activations, Flatten, Dropout, max/average pooling, BatchNorm, LayerNorm, nn.MultiheadAttention "
+              "and torch's Transformer layers, and nn.RNN, nn.GRU and nn.LSTM (unidirectional, proj_size=0)")
     if not found:
         raise UnsupportedModelError("the model has no nn.Linear or nn.Conv2d layer to train")
     return found
@@ -139,6 +140,8 @@ def _discover(model, layers, example_input):
     def hook(mod, inputs, output, name):
         order.append(name)
         shapes.setdefault(name, tuple(inputs[0].shape[1:]))
+        if isinstance(mod, attention.ATTENTION):   # torch's attention uses out_proj's weights, not the module
+            order.append(f"{name}.out_proj" if name else "out_proj")
 
     hooks = [m.register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n, m in layers]
     modes = {m: m.training for m in model.modules()}
@@ -214,8 +217,10 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     ``adapt_rate``, ``loss_reduction``.
 
     Weight layers are ``nn.Linear`` and ``nn.Conv2d`` (groups=1, zero padding);
-    between them elementwise activations, Flatten, Dropout, pooling and BatchNorm
-    pass the channel's signal by autograd's backward (docs/conv.md).
+    between them elementwise activations, Flatten, Dropout, pooling, BatchNorm and
+    LayerNorm pass the channel's signal by autograd's backward (docs/conv.md).
+    ``nn.MultiheadAttention`` (and so torch's Transformer layers) has its
+    projections as sites and the attention itself as structure (docs/transformers.md).
 
     Paper 2's options (docs/symmetries.md): ``backward_nonlinearity`` (the
     learning channel's units; ``"same"`` is resolved here to the forward units'
@@ -268,6 +273,7 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     layers, shapes = _discover(model, found, example_input)
     _check_product_route(alg, model)
     recurrent.check_options(alg, layers)
+    attention.check(alg, model, layers)
     ensembles = {getattr(m, "ensemble", None) for _, m in layers}
     if len(ensembles) > 1:
         raise UnsupportedModelError("mixing ensemble and single-network layers in one model is not supported")
@@ -280,6 +286,11 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
 
     sites = []
     for name, layer in layers:
+        if isinstance(layer, attention.ATTENTION):     # its out_proj follows as a linear layer
+            site = attention.convert_attention(layer)
+            _set_module(model, name, site)
+            sites.extend(site.sites())
+            continue
         if isinstance(layer, RECURRENT):
             site = recurrent.convert_recurrent(layer)
         elif isinstance(layer, CONVS):
@@ -325,7 +336,7 @@ def _resolve_units(alg: Algorithm, model: nn.Module) -> Algorithm:
     """``backward_nonlinearity="same"``: the transfer function of the model's own hidden units."""
     if alg.backward_nonlinearity != "same":
         return alg
-    names, unknown = set(), set()
+    names, unknown = attention.functional_units(model)
     for _, mod in model.named_modules():
         if isinstance(mod, RECURRENT):     # the cell's units (GRU, LSTM: tanh; their sigmoids are gates)
             names.add("relu" if mod.mode == "RNN_RELU" else "tanh")
