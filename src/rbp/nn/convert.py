@@ -17,19 +17,25 @@ from ..channel.mirror import mirror_step
 from ..channel.noise import Noise, generator
 from ..errors import ConfigError, UnsupportedModelError
 from .activations import ELEMENTWISE, NoDerivative, activation_of
-from .conv import EnsembleFlatten, EnsembleFold, FeedbackConv2d, StackedConv2d
+from .conv import EnsembleFlatten, EnsembleFold, FeedbackConvNd, StackedConvNd
+from .embedding import FeedbackEmbedding
 from .layers import FeedbackLinear, StackedLinear
 
+# Normalisation layers: structural, their affine parameters learn by autograd's rule from the signal the
+# channel delivers at their output (docs/layers.md); refused on the product route (MIXING below).
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)
 # Modules between weight layers whose backward is the ordinary one (autograd's): they route,
-# reshape, mask or normalise the signal the channel delivers (see docs/conv.md).  BatchNorm's own
+# reshape, mask or normalise the signal the channel delivers (see docs/conv.md).  The norms' own
 # affine parameters learn from that signal by autograd's rule.
 STRUCTURAL = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Softmax, nn.LogSoftmax,
               nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-              nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.BatchNorm1d, nn.BatchNorm2d,
-              EnsembleFold, EnsembleFlatten)
+              nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, *NORMS, EnsembleFold, EnsembleFlatten)
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-SITES = (FeedbackLinear, FeedbackConv2d)
-CONVS = (nn.Conv2d, StackedConv2d)        # what becomes a FeedbackConv2d (StackedConv2d: a conv ensemble)
+SITES = (FeedbackLinear, FeedbackConvNd, FeedbackEmbedding)
+CONVS = (nn.Conv1d, nn.Conv2d, StackedConvNd)   # what becomes a FeedbackConvNd (StackedConvNd: a conv ensemble)
+SUPPORTED = ("rbp.convert handles nn.Linear, nn.Conv1d and nn.Conv2d (any groups, zero padding) and nn.Embedding "
+             "layers, elementwise activations, Flatten, Dropout, max/average pooling, BatchNorm, LayerNorm, "
+             "RMSNorm and GroupNorm")
 
 
 class LearningChannel:
@@ -85,13 +91,18 @@ def _weight_layers(model: nn.Module):
     for name, mod in model.named_modules():
         if isinstance(mod, SITES):
             raise ConfigError(f"layer {name or 'model'!r} is already converted; convert the original model")
-        if isinstance(mod, nn.Conv2d):
-            if mod.groups != 1 or mod.padding_mode != "zeros":
-                what = f"groups={mod.groups}" if mod.groups != 1 else f"padding_mode={mod.padding_mode!r}"
-                bad.append(f"{name or 'model'} (Conv2d with {what})")
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+            if mod.padding_mode != "zeros":
+                bad.append(f"{name or 'model'} ({type(mod).__name__} with padding_mode={mod.padding_mode!r})")
             else:
                 found.append((name, mod))
-        elif isinstance(mod, (nn.Linear, StackedLinear, StackedConv2d)):
+        elif isinstance(mod, nn.Embedding):
+            what = "max_norm" if mod.max_norm is not None else "sparse=True" if mod.sparse else None
+            if what:
+                bad.append(f"{name or 'model'} (Embedding with {what})")
+            else:
+                found.append((name, mod))
+        elif isinstance(mod, (nn.Linear, StackedLinear, StackedConvNd)):
             found.append((name, mod))
         elif isinstance(mod, ELEMENTWISE + STRUCTURAL + CONTAINERS + (NoDerivative,)):
             continue
@@ -101,11 +112,9 @@ def _weight_layers(model: nn.Module):
             bad.append(f"{name} ({type(mod).__name__})")
     if bad:
         raise UnsupportedModelError(
-            "unsupported layer(s): " + ", ".join(bad)
-            + "; rbp.convert handles nn.Linear and nn.Conv2d (groups=1, zero padding) layers, elementwise "
-              "activations, Flatten, Dropout, max/average pooling and BatchNorm")
+            "unsupported layer(s): " + ", ".join(bad) + "; " + SUPPORTED)
     if not found:
-        raise UnsupportedModelError("the model has no nn.Linear or nn.Conv2d layer to train")
+        raise UnsupportedModelError("the model has no nn.Linear, nn.Conv1d, nn.Conv2d or nn.Embedding layer to train")
     return found
 
 
@@ -157,7 +166,13 @@ def _discover(model, layers, example_input):
 # is a nonlinear function of the whole batch, with no forward matrix to transpose (docs/conv.md).
 ROUTED = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
           nn.AdaptiveMaxPool2d, nn.Flatten, nn.Unflatten, EnsembleFlatten)
-MIXING = (nn.BatchNorm1d, nn.BatchNorm2d)
+MIXING = NORMS
+_MIXES = {nn.BatchNorm1d: "batch normalisation is a nonlinear function of the batch",
+          nn.BatchNorm2d: "batch normalisation is a nonlinear function of the batch",
+          nn.LayerNorm: "layer normalisation divides each example by its own standard deviation, a nonlinear map",
+          nn.RMSNorm: "RMS normalisation divides each example by its own root mean square, a nonlinear map",
+          nn.GroupNorm: "group normalisation divides each group of channels by its own standard deviation, "
+                        "a nonlinear map"}
 
 
 def _check_product_route(alg: Algorithm, model: nn.Module):
@@ -165,10 +180,29 @@ def _check_product_route(alg: Algorithm, model: nn.Module):
         return
     for name, mod in model.named_modules():
         if isinstance(mod, MIXING):
+            why = next(v for k, v in _MIXES.items() if isinstance(mod, k))
             raise ConfigError(f"{alg.name} is not supported with {type(mod).__name__} ({name}): its product "
-                              "route (SBP, twin network) skips the upper derivatives, and batch normalisation "
-                              "is a nonlinear function of the batch with no forward matrix to transpose "
-                              "(use bp, rbp or srbp)")
+                              f"route (SBP, twin network) skips the upper derivatives, and {why} "
+                              "with no forward matrix to transpose (use bp, rbp or srbp)")
+
+
+def _check_ensemble_layers(model: nn.Module, layers, ensemble):
+    """Refuse, in an ensemble model, the layers that cannot keep K members apart (one line each)."""
+    if not ensemble:
+        return
+    for name, mod in [*layers, *model.named_modules()]:
+        if isinstance(mod, nn.Embedding):
+            raise UnsupportedModelError(f"Embedding ({name}) in an ensemble model: one table would be shared by "
+                                        f"the {ensemble} members and rbp has no stacked embedding; train the "
+                                        "members one by one")
+        if isinstance(mod, (nn.LayerNorm, nn.RMSNorm)):
+            raise UnsupportedModelError(f"{type(mod).__name__} ({name}) in an ensemble model: its affine parameters "
+                                        f"(and, on a conv map, its statistics) would be shared by the {ensemble} "
+                                        "members; train the members one by one")
+        if isinstance(mod, nn.GroupNorm) and mod.num_groups % ensemble:
+            raise UnsupportedModelError(f"GroupNorm ({name}) with {mod.num_groups} groups in an ensemble of "
+                                        f"{ensemble}: a group would straddle two members' channels; use a "
+                                        f"multiple of {ensemble} groups (each member's groups side by side)")
 
 
 def _route_structure(alg: Algorithm, model: nn.Module, channel):
@@ -183,7 +217,7 @@ def _route_structure(alg: Algorithm, model: nn.Module, channel):
 def _declared_example(model, layers):
     """A zero input of the shape a conv model declares as ``model.input_shape`` (e.g. rbp.models.cifar_convnet)."""
     shape = getattr(model, "input_shape", None)
-    if not any(isinstance(m, CONVS) for _, m in layers) or not isinstance(shape, tuple) or len(shape) != 3 \
+    if not any(isinstance(m, CONVS) for _, m in layers) or not isinstance(shape, tuple) or len(shape) not in (2, 3) \
             or not all(isinstance(d, int) and d > 0 for d in shape):
         return None
     w = layers[0][1].weight
@@ -196,7 +230,7 @@ def _check_conv_options(alg: Algorithm, layers, shapes):
     convs = [i for i, (_, m) in enumerate(layers) if isinstance(m, CONVS)]
     if not convs:
         return
-    name = lambda i: f"layer {i + 1} ({layers[i][0] or 'model'}, Conv2d)"
+    name = lambda i: f"layer {i + 1} ({layers[i][0] or 'model'}, {type(layers[i][1]).__name__})"
     if alg.feedback.per_synapse and alg.random_feedback:
         raise ConfigError(f"feedback 'per-synapse' is not defined for conv layers ({name(convs[0])}): "
                           "a kernel's synapses are shared across positions")
@@ -207,11 +241,20 @@ def _check_conv_options(alg: Algorithm, layers, shapes):
                           "the error of a linear output layer (end the network with nn.Linear)")
     missing = [i for i in convs if i > 0 and layers[i][0] not in shapes]
     if missing:
-        raise ConfigError(f"{alg.name} on a model with Conv2d layers needs example_input= (one batch of inputs) "
+        raise ConfigError(f"{alg.name} on a model with conv layers needs example_input= (one batch of inputs) "
                           f"to size the skip matrices of the conv layers' input maps ({name(missing[0])})")
     if alg.feedback.needs_forward_sign and convs[-1] > 0:
         raise ConfigError(f"feedback {alg.feedback.kind!r} with {alg.name} needs the product of the forward "
                           f"matrices above each layer, which is not defined across conv layers ({name(convs[-1])})")
+
+
+def _check_embedding_options(alg: Algorithm, layers):
+    """Refuse what the learning channel does not define for embeddings (one line)."""
+    emb = [n for n, m in layers if isinstance(m, nn.Embedding)]
+    if emb and alg.feedback.per_synapse and alg.random_feedback:
+        raise ConfigError(f"feedback 'per-synapse' is not defined for an Embedding ({emb[0] or 'model'}): it would "
+                          "need one error vector per entry of the table, and the per-synapse rule is stated for "
+                          "dense layers of an MLP")
 
 
 def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_size: int | None = None,
@@ -228,9 +271,13 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     ``quantize_error``, ``quantize_update``, ``dropout``, ``update``,
     ``adapt_rate``, ``loss_reduction``.
 
-    Weight layers are ``nn.Linear`` and ``nn.Conv2d`` (groups=1, zero padding);
-    between them elementwise activations, Flatten, Dropout, pooling and BatchNorm
-    pass the channel's signal by autograd's backward (docs/conv.md).
+    Weight layers (sites) are ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` (any
+    ``groups``, so depthwise too; zero padding) and ``nn.Embedding`` (a bottom
+    layer: the signal at its output updates the rows it looked up, nothing travels
+    below it; ``max_norm`` and ``sparse=True`` refused).  Between them elementwise
+    activations, Flatten, Dropout, pooling and the norms (BatchNorm, LayerNorm,
+    RMSNorm, GroupNorm) pass the channel's signal by autograd's backward, and the
+    norms' affine parameters learn from it (docs/conv.md, docs/layers.md).
 
     Paper 2's options (docs/symmetries.md): ``backward_nonlinearity`` (the
     learning channel's units; ``"same"`` is resolved here to the forward units'
@@ -273,21 +320,27 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
         example_input = _declared_example(model, found)
     layers, shapes = _discover(model, found, example_input)
     _check_conv_options(alg, layers, shapes)
+    _check_embedding_options(alg, layers)
     _check_product_route(alg, model)
     ensembles = {getattr(m, "ensemble", None) for _, m in layers}
+    if len(ensembles) > 1 and any(isinstance(m, nn.Embedding) for _, m in layers):
+        _check_ensemble_layers(model, layers, max(e for e in ensembles if e))
     if len(ensembles) > 1:
         raise UnsupportedModelError("mixing ensemble and single-network layers in one model is not supported")
     ensemble = ensembles.pop()
+    _check_ensemble_layers(model, layers, ensemble)
     seeds = _seed_list(seed, ensemble)
     top = layers[-1][1]
-    top_size = top.out_features if not isinstance(top, CONVS) else top.out_channels
+    top_size = _out_width(top)
     if output_size is not None and output_size != top_size:
         raise ConfigError(f"output_size={output_size} but the top layer has {top_size} outputs")
 
     sites = []
     for name, layer in layers:
-        if isinstance(layer, CONVS):
-            site = FeedbackConv2d.from_conv(layer)
+        if isinstance(layer, nn.Embedding):
+            site = FeedbackEmbedding.from_embedding(layer)
+        elif isinstance(layer, CONVS):
+            site = FeedbackConvNd.from_conv(layer)
             shape = shapes.get(name)          # an ensemble's map holds K networks' channels: keep one's
             site.input_shape = None if shape is None else (shape[0] // (ensemble or 1), *shape[1:])
         else:
@@ -331,9 +384,16 @@ def _skip_sign(sites, i, k):
     return prod
 
 
+def _out_width(layer) -> int:
+    """Units (channels) of a weight layer's output."""
+    if isinstance(layer, (nn.Embedding, FeedbackEmbedding)):
+        return layer.embedding_dim
+    return layer.out_channels if isinstance(layer, (*CONVS, FeedbackConvNd)) else layer.out_features
+
+
 def _skip_width(site) -> int:
     """Number of units of the site's input that a skip matrix reaches (its fan-out)."""
-    if isinstance(site, FeedbackConv2d):
+    if isinstance(site, FeedbackConvNd):
         return math.prod(site.input_shape)
     return site.in_features
 
@@ -384,7 +444,7 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Se
     scales = [a.feedback_scale for a in members]
     chained = alg.route != "skip"
     gens = [generator(s, "feedback") for s in seeds]
-    n_top = sites[-1].out_channels if isinstance(sites[-1], FeedbackConv2d) else sites[-1].out_features
+    n_top = _out_width(sites[-1])
     L, m = len(sites), len(alg.backward_hidden)
     widths = (n_top, *alg.backward_hidden)      # layers D^0 = E^L, D^1 .. D^m of a distinct network
     if m > L - 1:
@@ -403,9 +463,9 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Se
             shape = (n_top, site.out_features, site.in_features + (site.bias is not None))
             site.set_feedback(_members(specs, shape, gens, site, False, lambda k: None, ensemble, scales), False)
             continue
-        if i == 0:
-            continue  # the first layer's input is the data: no learning channel below it
-        conv_kernel = chained and isinstance(site, FeedbackConv2d)
+        if i == 0 or isinstance(site, FeedbackEmbedding):
+            continue  # the first layer's input is the data (an embedding's, indices): no learning channel below it
+        conv_kernel = chained and isinstance(site, FeedbackConvNd)
         if conv_kernel:
             shape = tuple(site.weight.shape[1:] if ensemble else site.weight.shape)
             fan_out, what = math.prod(shape[1:]), "kernel (in_channels*kh*kw)"
