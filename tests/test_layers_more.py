@@ -535,3 +535,15 @@ def test_loss_falls_on_digits(kind):
         used[x.reshape(-1)] = True
         moved = (m[0].weight.detach() != table).any(1)
         assert torch.equal(moved, used)
+
+
+def test_alignment_diagnostics_on_the_new_layers_bp_is_exact():
+    from rbp.diagnostics import model_alignment
+
+    for kind in KINDS:
+        x, y = batch(kind)
+        bp = model_alignment(convert(kind, "bp"), x, y)[0]
+        rb = model_alignment(convert(kind, "rbp"), x, y)[0]
+        angles = [k for k in bp if k.startswith(("signal_angle", "update_angle"))]
+        assert angles and all(abs(bp[k]) < 1e-5 for k in angles), (kind, bp)
+        assert all(rb[k] > 1.0 for k in angles), (kind, rb)
