@@ -396,8 +396,17 @@ def test_convert_custom_module_with_nested_submodules_batchnorm_and_dropout():
     assert isinstance(m.features[1].conv, FeedbackConv2d) and tuple(m.features[1].conv.feedback.shape) == (3, 64)
     g = grads(m, x, y)
     assert all(g[k].abs().sum() > 0 for k in ("features.0.conv.weight", "features.0.norm.weight"))
-    with pytest.raises(rbp.ConfigError, match="example_input"):
-        rbp.convert(plain, "srbp")
+    lazy = rbp.convert(plain, "srbp", seed=0)    # no example_input: the skip matrices are sized at the first pass
+    assert lazy.features[1].conv.feedback is None
+    g = grads(lazy, x, y)
+    assert tuple(lazy.features[1].conv.feedback.shape) == (3, 64)
+    assert all(g[k].abs().sum() > 0 for k in ("features.0.conv.weight", "features.0.norm.weight"))
+    again = rbp.convert(plain, "srbp", seed=0)
+    grads(again, x, y)
+    assert torch.equal(again.features[1].conv.feedback, lazy.features[1].conv.feedback)   # its own stream
+    fresh = rbp.convert(plain, "srbp", seed=5)
+    fresh.load_state_dict(lazy.state_dict())      # a saved lazy matrix loads before the first pass
+    assert torch.equal(fresh.features[1].conv.feedback, lazy.features[1].conv.feedback)
     rbp.convert(plain, "rbp")   # chained routes need no shapes
 
 

@@ -105,7 +105,7 @@ def test_distinct_hand_computed(units):
     g = torch.tanh if units else (lambda t: t)
     ss = sites(m)
     assert ss[3].backward_weight.shape == (3, 5) and ss[2].backward_weight.shape == (5, 2)
-    assert not hasattr(ss[1], "backward_weight")
+    assert ss[1].backward_weight is None        # declared by every site, held by the sites at L - k only
     S, O = forward(m, x)
     E = output_error(S[3], y)
     D1 = g(E @ ss[3].backward_weight)

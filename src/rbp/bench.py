@@ -50,7 +50,8 @@ from .train import TrainSpec, Trainer, check_device
 
 N_TRAIN, BATCH = 60000, 100
 CIFAR_TRAIN, CIFAR_BATCH = 50000, 128
-MODELS = ("mlp", "convnet")
+MODELS = ("mlp", "convnet", "wide-mlp", "transformer")
+GRAPH_MODELS = ("wide-mlp", "transformer")   # timed on the autograd path: rbp.convert in a plain loop
 
 
 def synthetic_mnist(device="cpu", seed=0) -> Dataset:
@@ -191,6 +192,105 @@ class _ConvOurs:
 
     def run(self, steps):
         self.trainer.train_epoch(max_steps=steps)
+
+
+def graph_model(name: str, seed: int = 0) -> nn.Module:
+    """The plain PyTorch models the autograd path is timed on (issue figures, docs/performance.md).
+
+    ``wide-mlp``: 784-2048x4-10 tanh; ``transformer``: a 2-layer ``nn.TransformerEncoder``
+    (d = 128, 4 heads, feed-forward 512, batch-first) over 32 tokens, mean-pooled, linear head.
+    """
+    torch.manual_seed(seed)
+    if name == "wide-mlp":
+        sizes = (784, 2048, 2048, 2048, 2048, 10)
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers += [nn.Linear(a, b)] + ([nn.Tanh()] if i < len(sizes) - 2 else [])
+        return nn.Sequential(*layers)
+    if name == "transformer":
+        return _TokenClassifier()
+    raise ConfigError(f"no graph model {name!r}")
+
+
+class _TokenClassifier(nn.Module):
+    """Tokens (B, T, d) -> 2 encoder layers -> mean over tokens -> 10 classes."""
+
+    def __init__(self, d=128, heads=4, layers=2, classes=10):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x):
+        return self.head(self.encoder(x).mean(1))
+
+
+GRAPH_SHAPES = {"wide-mlp": ((784,), 256), "transformer": ((32, 128), 64)}   # input per example, minibatch
+
+
+class _GraphLoop:
+    """One training loop for every variant: the model (plain, or converted) and torch.optim.SGD."""
+
+    def __init__(self, name, alg, device, seed=0):
+        shape, self.batch = GRAPH_SHAPES[name]
+        model = graph_model(name, seed).to(device)
+        self.model = model if alg is None else __import__("rbp").convert(model, alg, seed=seed)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01)
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(8 * self.batch, *shape, generator=g).to(device)
+        self.y = torch.randint(0, 10, (8 * self.batch,), generator=g).to(device)
+        self.i = 0
+
+    def run(self, steps):
+        for _ in range(steps):
+            k = self.i % 8
+            self.i += 1
+            x, y = self.x[k * self.batch:(k + 1) * self.batch], self.y[k * self.batch:(k + 1) * self.batch]
+            self.opt.zero_grad(set_to_none=True)
+            F.cross_entropy(self.model(x), y).backward()
+            self.opt.step()
+
+
+def run_graph_bench(model: str, steps=10, repeats=5, algorithms=("bp", "rbp", "srbp"), device="cpu",
+                    log=print) -> dict:
+    """Step time of the converted model against the same plain model, same loop, same process."""
+    if steps < 1 or repeats < 1:
+        raise ConfigError("need steps >= 1 and repeats >= 1")
+    check_device(device)
+    variants = {"reference": _GraphLoop(model, None, device)}
+    for alg in algorithms:
+        variants[alg] = _GraphLoop(model, alg, device)
+    for runner in variants.values():      # warm up (and size anything lazy)
+        runner.run(2)
+    times = {name: [] for name in variants}
+    for r in range(repeats):
+        for name, runner in variants.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            runner.run(steps)
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+        log(f"repeat {r + 1}/{repeats} done")
+    batch = GRAPH_SHAPES[model][1]
+    results = {name: {"algorithm": "bp" if name == "reference" else name, "ensemble": 1,
+                      "seconds_per_step": statistics.median(t) / steps} for name, t in times.items()}
+    ref = results["reference"]["seconds_per_step"]
+    out = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "machine": platform.processor() or platform.machine(), "steps": steps, "repeats": repeats,
+           "model": model, "batch": batch, "results": results}
+    for alg in algorithms:
+        out[f"ratio_{alg}_vs_reference"] = results[alg]["seconds_per_step"] / ref
+    return out
+
+
+def _graph_table(out) -> str:
+    ref = out["results"]["reference"]["seconds_per_step"]
+    lines = [f"{'variant':12s} {'ms/step':>9s} {'vs reference':>13s}"]
+    for name, r in out["results"].items():
+        lines.append(f"{name:12s} {1000 * r['seconds_per_step']:9.2f} {r['seconds_per_step'] / ref:12.3f}x")
+    lines.append(f"{out['model']}, minibatch {out['batch']}, autograd path (rbp.convert + torch.optim.SGD); "
+                 f"torch {out['torch']}, {out['threads']} threads, device {out['device']}")
+    return "\n".join(lines)
 
 
 def data_cost(ds, steps: int, device="cpu", batch: int = CIFAR_BATCH) -> float:
@@ -338,6 +438,16 @@ def _cmd_bench(args) -> int:
         if args.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.model in GRAPH_MODELS:
+        algs = tuple(a.strip() for a in args.algorithms.split(",") if a.strip())
+        for a in algs:
+            algorithm(a)
+        out = run_graph_bench(args.model, args.steps or 10, args.repeats, algs, args.device,
+                              log=(lambda m: print(m, file=sys.stderr)) if not args.quiet else (lambda m: None))
+        print(_graph_table(out))
+        if args.json:
+            print(json.dumps(out))
+        return 0
     if args.ensembles is None:     # conv nets train one by one on CPU (docs/conv.md): no ensembles by default
         args.ensembles = "" if args.model == "convnet" else "4,16,64"
     if args.steps is None:
@@ -358,8 +468,10 @@ def _cmd_bench(args) -> int:
 def register(sub):
     p = sub.add_parser("bench", help="time the learning channel against a plain PyTorch loop")
     p.add_argument("--model", default="mlp", choices=MODELS,
-                   help="mlp: paper 1's MNIST network (default); convnet: its CIFAR-10 conv net and protocol")
-    p.add_argument("--steps", type=int, default=None, help="minibatches per timing (default 100; convnet 5)")
+                   help="mlp: paper 1's MNIST network (default); convnet: its CIFAR-10 conv net and protocol; "
+                        "wide-mlp (784-2048x4-10 tanh, batch 256) and transformer (2 encoder layers, d=128, "
+                        "batch 64): rbp.convert in a plain PyTorch loop against the same plain model")
+    p.add_argument("--steps", type=int, default=None, help="minibatches per timing (default 100; convnet 5; wide-mlp, transformer 10)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats; medians are reported")
     p.add_argument("--ensembles", default=None,
                    help="ensemble sizes to time (default 4,16,64; convnet none; empty for none)")

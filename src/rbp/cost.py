@@ -60,6 +60,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .channel.algorithm import Algorithm, algorithm as make_algorithm
+from .channel.routes import route_of
 from .errors import ConfigError
 
 MNIST_SIZES = (784, 100, 100, 100, 100, 10)
@@ -83,27 +84,8 @@ def cost(sizes: Sequence[int] = MNIST_SIZES, algorithm: str | Algorithm = "bp", 
     L = len(N) - 1
     hidden = N[1:L]
     weights = sum(N[k] * N[k + 1] for k in range(L))                # Eq. 14 (paper's W)
-    chain = sum(N[k] * N[k + 1] for k in range(1, L))               # hidden layers only
     skip = N[L] * sum(hidden)                                       # Eq. 15
-    relay = tuple(getattr(alg, "backward_hidden", ()) or ())
-    if alg.route in ("chain", "product"):
-        channel = chain
-        adapted = chain
-    elif alg.route == "skip" and relay:
-        # a distinct backward network (paper 2): E^L = D^0 -> D^1 -> ... -> D^m, and hidden layer h
-        # reads D^{min(L-h, m)} (as rbp.convert wires it: a network deeper than L - 1 is refused)
-        m = len(relay)
-        if m > L - 1:
-            raise ConfigError(f"backward_hidden has {m} layers but the network has {L - 1} hidden layers to "
-                              f"receive from them; a distinct network may be at most {L - 1} layers deep")
-        widths = (N[L], *relay)
-        relay_cost = sum(widths[k - 1] * widths[k] for k in range(1, m + 1))
-        adapted = sum(widths[min(L - h, m)] * N[h] for h in range(1, L))
-        channel = relay_cost + adapted
-    elif alg.route == "skip":
-        channel = adapted = skip
-    else:
-        channel = adapted = 0
+    channel, adapted = route_of(alg).channel_cost(N)
     derivative = sum(hidden) if alg.derivative and alg.route != "top" else 0
     adaptation = adapted if alg.adaptive else 0
     learning = set(range(1, L + 1)) if alg.hidden_learn else {L}

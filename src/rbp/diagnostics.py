@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from .nn.activations import NoDerivative
 from .nn.fused import FusedNetwork, softmax_xent_grad
-from .nn.layers import FeedbackLinear
+from .channel.routes import route_of
 
 
 def _angle(a: torch.Tensor, b: torch.Tensor, ensemble: bool):
@@ -103,19 +103,10 @@ def _layer_figures(put, alg, sites, h, received, delta, update, true_update, ens
     else:
         put(f"signal_angle_{h}", _angle(received, delta, ens))
         put(f"update_angle_{h}", _angle(update, true_update, ens))
-    if alg.random_feedback and not alg.feedback.per_synapse:
-        carrier = sites[h].feedback
-        m = len(alg.backward_hidden)
-        if alg.route == "skip" and m:       # D^0 = E^L -> V^1 ... V^k -> C^h, in C's orientation
-            for k in range(min(len(sites) - h, m), 0, -1):
-                carrier = sites[len(sites) - k].backward_weight @ carrier
-        mirror = None
-        if alg.route != "skip":
-            mirror = sites[h].weight
-        elif all(isinstance(st, FeedbackLinear) for st in sites[h:]):
-            mirror = sites[-1].weight
-            for st in reversed(sites[h:-1]):
-                mirror = mirror @ st.weight
+    route = route_of(alg)
+    carrier = route.carrier(sites, h) if alg.random_feedback else None
+    if carrier is not None:
+        mirror = route.mirror(sites, h)
         if mirror is None or mirror.shape != carrier.shape:   # not defined across conv layers
             put(f"feedback_angle_{h}", [math.nan] * K)
             put(f"feedback_norm_ratio_{h}", [math.nan] * K)
@@ -126,7 +117,7 @@ def _layer_figures(put, alg, sites, h, received, delta, update, true_update, ens
 
 def _members(site, t):
     """A site's output in per-member layout (K, ...): conv ensembles keep members in the channels."""
-    if t is None or not site.ensemble or not hasattr(site, "to_members"):
+    if t is None or not site.ensemble:
         return t
     return site.to_members(t)
 

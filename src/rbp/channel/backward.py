@@ -42,11 +42,24 @@ import torch
 from ..errors import ConfigError
 from . import feedback as fb
 from .quantize import quantize
+from .routes import route_of
+
+
+SITE_NODES: set = set()   # autograd node classes of the sites' Function (registered by rbp.nn.layers)
 
 
 @dataclass(eq=False)
 class Pass:
-    """What the learning channel knows during one forward/backward pass."""
+    """What the learning channel knows during one forward/backward pass.
+
+    Sites enter the pass in the order they run.  Each site also tells the pass
+    which earlier sites its input was computed from (a walk of the autograd graph
+    from its input down to the nearest sites, every node visited once per pass),
+    so the *output sites*, whose outputs reach the loss without passing another
+    site, are known from the graph actually run: residual adds, parallel
+    branches, shared weights and submodules called directly all count.  A pass
+    driven without a graph (the fused driver) takes its last site as the top.
+    """
 
     order: list = field(default_factory=list)   # sites in forward execution order
     error: torch.Tensor | None = None            # dLoss/dS^L of the top site
@@ -55,10 +68,51 @@ class Pass:
     backward: dict = field(default_factory=dict) # k -> layer k of a distinct backward network (skip route)
     probe: bool = False                          # diagnostics: no noise drawn, no feedback resampled
     structure: dict = field(default_factory=dict)  # position -> [(module, input)] pooling/reshapes above it
+    consumed: set = field(default_factory=set)   # positions whose output feeds a later site
+    producers: dict = field(default_factory=dict)  # position -> positions first reached from its input
+    graph: bool = False                          # positions were entered with their inputs (autograd driver)
+    started: bool = False                        # the backward pass has begun
+    _seen: set = field(default_factory=set, repr=False)
 
-    def enter(self, site) -> int:
+    def enter(self, site, x=None) -> int:
         self.order.append(site)
-        return len(self.order) - 1
+        position = len(self.order) - 1
+        if x is not None:
+            self.graph = True
+            self.producers[position] = self.consume(x)
+        return position
+
+    def consume(self, tensor) -> list:
+        """Mark the sites that ``tensor`` was computed from as feeding something; returns their positions.
+
+        Block mode and other hooks that route a tensor around the sites call it too.
+        """
+        found = []
+        node = getattr(tensor, "grad_fn", None)
+        stack = [node] if node is not None else []
+        seen = self._seen
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if type(node) in SITE_NODES and getattr(node, "pas", None) is self:
+                self.consumed.add(node.position)
+                found.append(node.position)
+                continue
+            stack.extend(n for n, _ in node.next_functions if n is not None)
+        return found
+
+    def begin_backward(self):
+        """The first site's backward: the graph is complete; drop the walk's bookkeeping."""
+        self.started = True
+        self._seen = set()
+
+    def outputs(self) -> list:
+        """Positions of the output sites."""
+        if not self.graph:
+            return [len(self.order) - 1] if self.order else []
+        return [p for p in range(len(self.order)) if p not in self.consumed]
 
     def record(self, module, x):
         """A structural module (pooling, reshape) ran on x after the latest site (product route)."""
@@ -80,7 +134,9 @@ class Pass:
         return J
 
     def is_top(self, position: int) -> bool:
-        return position == len(self.order) - 1
+        if not self.graph:
+            return position == len(self.order) - 1
+        return position not in self.consumed
 
 
 def error_scale(alg, rows: int) -> float:
@@ -122,11 +178,7 @@ def signal_operators(site, J: torch.Tensor, scale: float, probe: bool = False) -
     if alg.quantize_error:
         J = quantize(J * scale, alg.quantize_error_alpha, alg.quantize_error).div_(scale)
     if alg.dropout and not probe:
-        if hasattr(site, "fold_members"):   # conv sites: an ensemble's members share the map's channels
-            mask = site.channel.noise.keep_mask(site.member_shape(J), alg.dropout, J.dtype, J.device)
-            return J * site.fold_members(mask)
-        shape = J.shape[1:] if site.ensemble else J.shape
-        J = J * site.channel.noise.keep_mask(shape, alg.dropout, J.dtype, J.device)
+        J = J * site.keep_mask(site.channel.noise, J, alg.dropout)
     return J
 
 
@@ -149,15 +201,14 @@ def update_quantizer(alg, rows: int) -> tuple[float, bool, float]:
     return alg.quantize_update_alpha / c, "flush" in words, float(rows) if "sum" in words else 1.0
 
 
-def weight_update(site, g, x, top: bool, scale: float, error=None, fbk=None, rows: int = 1):
-    """dLoss/dW and dLoss/db in the algorithm's sense, with the update operators."""
+def weight_update(site, g, x, top: bool, scale: float, rows: int = 1):
+    """dLoss/dW and dLoss/db in the algorithm's sense, with the update operators.
+
+    (Per-synapse feedback changes how the update is formed: its route does that,
+    :class:`rbp.channel.routes.PerSynapse`.)
+    """
     alg = site.algorithm
-    if alg.feedback.per_synapse and not top:
-        # observation 7: synapse (j, i) reads the error with its own vector P[:, j, i];
-        # g holds f'(S^h) (the layer above sent ones), so the update is
-        # sum_n g_nj x_ni sum_k P_kji E_nk, and likewise for the bias (a synapse from a constant unit)
-        gW, gb = site.per_synapse_update(error, g, x, fbk)
-    elif alg.quantize_update:
+    if alg.quantize_update:
         alpha, flush, factor = update_quantizer(alg, rows)
         gW, gb = site.per_example_update(g, x, alpha, alg.quantize_update, scale, flush=flush)
         if factor != 1.0:
@@ -166,6 +217,12 @@ def weight_update(site, g, x, top: bool, scale: float, error=None, fbk=None, row
     else:
         gW = site.grad_weight(g, x)
         gb = site.grad_bias(g) if site.bias is not None else None
+    return update_operators(site, gW, gb, top)
+
+
+def update_operators(site, gW, gb, top: bool):
+    """Sign-only and magnitude-only updates of hidden layers (observations 5-6)."""
+    alg = site.algorithm
     if not top and alg.update != "full":
         gW, gb = _sign_or_magnitude(alg.update, gW, site.ensemble), (
             None if gb is None else _sign_or_magnitude(alg.update, gb, site.ensemble))
@@ -219,24 +276,6 @@ def _resample(site, spec, weight, fbk):
     return torch.stack([one(g, weight[k]) for k, g in enumerate(gens)])
 
 
-def distinct_source(site, pas: Pass, position: int, scale: float):
-    """The layer of the skipped route's backward network that reaches this site's input.
-
-    Without hidden backward layers (SRBP) it is the output error.  Otherwise the
-    input of the site at ``position`` (forward hidden layer h = position) reads
-    layer k = min(L - h, m) of the distinct network; the site at L - k holds V^k
-    and computes D^k = g(V^k D^{k-1}) here, once per pass (sites run top-down).
-    """
-    m = len(site.algorithm.backward_hidden)
-    if m == 0:
-        return pas.error
-    k = len(pas.order) - position
-    if k <= m:
-        below = pas.error if k == 1 else pas.backward[k - 1]
-        pas.backward[k] = backward_units(site.algorithm, below @ site.backward_weight, scale)
-    return pas.backward[min(k, m)]
-
-
 def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
     """One layer's step of the learning channel.
 
@@ -255,35 +294,30 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
     so C - W decays geometrically and C comes to mirror W.
     """
     alg = site.algorithm
+    route = route_of(alg)
     need_x, need_w, need_b, need_f = needs
+    if not pas.started:
+        pas.begin_backward()
     top = pas.is_top(position)
     if top:
+        if pas.error is not None and route.needs_error:
+            raise ConfigError(f"{alg.name} projects the output error to every hidden layer, but this model has "
+                              f"{len(pas.outputs())} output layers (weight layers whose outputs reach the loss "
+                              "without passing another): combine the outputs in one nn.Linear")
         pas.error = g
         pas.rows = site.rows(g)
-        reader = getattr(site, "backward_weight", None) if alg.backward_hidden else fbk
-        if alg.route == "skip" and reader is not None and reader.shape[-2] != g.shape[-1]:
-            raise ConfigError(f"the network's output has {g.shape[-1]} units but the skip matrices were "
-                              f"built for {reader.shape[-2]}; pass output_size= or example_input= to convert()")
-    elif g is None or not alg.hidden_learn:
+        route.check_output(site, g, fbk)
+    elif g is None or not route.carries:
         return None, None, None, None
     scale = error_scale(alg, pas.rows)
-    sends = (need_x or need_f) and alg.hidden_learn
-    arriving = source = None
-    if sends and alg.route == "product":      # what this site's (twin) unit emits: before f'
-        arriving = g if top else pas.through_structure(position, pas.signals.pop(position))
-    elif sends and alg.route == "skip" and not alg.feedback.per_synapse:
-        source = distinct_source(site, pas, position, scale)
+    sends = (need_x or need_f) and route.carries
+    src = route.source(site, pas, position, g, top, scale) if sends else None
 
     gW = gb = gF = J = None
-    if need_w or need_b or (need_f and alg.route == "chain"):
-        gW, gb = weight_update(site, g, x, top, scale, pas.error, fbk, rows=pas.rows)
+    if need_w or need_b or (need_f and route.adapts_from_update):
+        gW, gb = route.weight_update(site, g, x, top, scale, pas, fbk)
     if need_f:
-        if alg.route == "skip":
-            gF = site.grad_skip(source, x).mul_(alg.adapt_rate)
-        elif alg.route == "product":
-            gF = site.grad_weight(arriving, x).mul_(alg.adapt_rate)
-        else:
-            gF = gW * alg.adapt_rate
+        gF = route.adaptation(site, src, g, x, gW)
     if alg.weight_decay:   # one decay for the forward weights and the adaptive feedback (Kolen-Pollack)
         lam = alg.weight_decay
         if need_w and gW is not None:
@@ -292,17 +326,9 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
             gb = gb + lam * site.bias
         if gF is not None:
             gF = gF + lam * fbk
-    if need_x and alg.hidden_learn:
-        if alg.route == "chain":
-            J = site.grad_input(g, feedback_matrix(site, weight, fbk, pas.probe), x)
-        elif alg.route == "product":
-            J = site.grad_input(arriving, feedback_matrix(site, weight, fbk, pas.probe), x)
-        elif alg.feedback.per_synapse:  # the layer below reads the error itself, per synapse
-            J = torch.ones_like(x)
-        else:  # skip
-            J = site.skip(source, fbk, x)
+    if need_x and route.carries:
+        J = route.signal(site, pas, src, g, x, weight, fbk)
         J = backward_units(alg, J, scale)
         J = signal_operators(site, J, scale, pas.probe)
-        if alg.route == "product":
-            pas.signals[position - 1] = J
+        route.deliver(pas, position, J)
     return J, (gW if need_w else None), (gb if need_b else None), gF

@@ -12,11 +12,19 @@ import torch
 
 # Independent streams derived from one seed.
 STREAMS = {"init": 0, "feedback": 1, "noise": 2, "data": 3}
+LAZY = 4   # feedback sized at the first forward pass: stream (4, site index)
 
 
 def derive_seed(seed: int, stream: str) -> int:
-    """A 63-bit seed for ``stream`` derived from a user seed (stable across versions)."""
-    ss = np.random.SeedSequence(int(seed) & (2**64 - 1), spawn_key=(STREAMS[stream],))
+    """A 63-bit seed for ``stream`` derived from a user seed (stable across versions).
+
+    ``stream`` is a name of ``STREAMS`` or ``"feedback-lazy-<i>"`` (the lazily sized
+    feedback of site i)."""
+    if stream.startswith("feedback-lazy-"):
+        key = (LAZY, int(stream.rsplit("-", 1)[1]))
+    else:
+        key = (STREAMS[stream],)
+    ss = np.random.SeedSequence(int(seed) & (2**64 - 1), spawn_key=key)
     return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 

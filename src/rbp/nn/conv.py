@@ -46,7 +46,8 @@ from torch.nn.grad import conv1d_input, conv1d_weight, conv2d_input, conv2d_weig
 from ..channel import feedback as fb
 from ..channel.quantize import quantize
 from ..errors import ConfigError, UnsupportedModelError
-from .layers import FeedbackLinear, _CHUNK_ELEMENTS
+from .layers import _CHUNK_ELEMENTS
+from .site import Site
 
 
 def _channels_last(t) -> bool:
@@ -246,15 +247,13 @@ class ConvOps:
             gb = quantize(g4.sum(-1), alpha, bits, flush).sum(0).div_(scale).view(self.bias.shape)
         return gW.view(self.weight.shape).div_(scale), gb
 
-    def per_synapse_update(self, error, g, x, P):  # pragma: no cover - refused by convert()
-        raise NotImplementedError("per-synapse feedback is not defined for conv layers")
 
 
 def _tuple(value, dim) -> tuple:
     return nn.modules.utils._ntuple(dim)(value)
 
 
-class FeedbackConvNd(ConvOps, nn.Module):
+class FeedbackConvNd(ConvOps, Site):
     """An ``nn.Conv1d`` or ``nn.Conv2d`` (any ``groups``, zero padding) trained by the learning channel.
 
     One class for both: ``dim`` is the number of spatial dimensions (use the
@@ -282,12 +281,20 @@ class FeedbackConvNd(ConvOps, nn.Module):
         lead = (ensemble,) if ensemble else ()
         self.weight = nn.Parameter(torch.empty(*lead, out_channels, in_channels // groups, *self.kernel_size, **kw))
         self.bias = nn.Parameter(torch.zeros(*lead, out_channels, **kw)) if bias else None
-        self.register_buffer("feedback", None)
-        self.channel = None
+        self._init_site_state()
         self.input_shape = None   # one network's (C, H, W) input map, when known (needed by the skipped route)
 
-    algorithm = FeedbackLinear.algorithm
-    set_feedback = FeedbackLinear.set_feedback
+    kind = "conv"
+
+    def chained_feedback_shape(self):
+        return tuple(self.weight.shape[1:] if self.ensemble else self.weight.shape)
+
+    def skip_width(self):
+        return None if self.input_shape is None else math.prod(self.input_shape)
+
+    def keep_mask(self, noise, J, p):
+        """Per-member noise in the map's layout: an ensemble's members share the map's channels."""
+        return self.fold_members(noise.keep_mask(self.member_shape(J), p, J.dtype, J.device))
 
     @classmethod
     def from_conv(cls, conv) -> "FeedbackConvNd":
@@ -321,8 +328,6 @@ class FeedbackConvNd(ConvOps, nn.Module):
         site.weight = conv.weight
         site.bias = conv.bias
         return site
-
-    forward = FeedbackLinear.forward   # the same site forward: affine map, learning channel backward
 
     def extra_repr(self):
         ens = f", ensemble={self.ensemble}" if self.ensemble else ""

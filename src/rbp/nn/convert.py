@@ -15,6 +15,7 @@ from ..channel.algorithm import Algorithm, algorithm as make_algorithm, training
 from ..channel.backward import Pass
 from ..channel.mirror import mirror_step
 from ..channel.noise import Noise, generator
+from ..channel.routes import route_of
 from ..errors import ConfigError, UnsupportedModelError
 from .activations import ELEMENTWISE, NoDerivative, activation_of
 from .conv import EnsembleFlatten, EnsembleFold, FeedbackConvNd, StackedConvNd
@@ -56,7 +57,8 @@ class LearningChannel:
             self.current_pass().record(module, inputs[0])
 
     def current_pass(self) -> Pass:
-        if self._pass is None:
+        """The pass a site entering now belongs to: a new one once the last one's backward has begun."""
+        if self._pass is None or self._pass.started:
             self._pass = Pass()
         return self._pass
 
@@ -225,29 +227,6 @@ def _declared_example(model, layers):
     return torch.zeros(*((K,) if K else ()), 1, *shape, dtype=w.dtype, device=w.device)
 
 
-def _check_conv_options(alg: Algorithm, layers, shapes):
-    """Refuse what the learning channel does not define for conv layers (one line each)."""
-    convs = [i for i, (_, m) in enumerate(layers) if isinstance(m, CONVS)]
-    if not convs:
-        return
-    name = lambda i: f"layer {i + 1} ({layers[i][0] or 'model'}, {type(layers[i][1]).__name__})"
-    if alg.feedback.per_synapse and alg.random_feedback:
-        raise ConfigError(f"feedback 'per-synapse' is not defined for conv layers ({name(convs[0])}): "
-                          "a kernel's synapses are shared across positions")
-    if alg.route != "skip" or not alg.random_feedback:
-        return
-    if convs[-1] == len(layers) - 1:
-        raise ConfigError(f"{alg.name}: the top weight layer is {name(convs[-1])}; the skipped route projects "
-                          "the error of a linear output layer (end the network with nn.Linear)")
-    missing = [i for i in convs if i > 0 and layers[i][0] not in shapes]
-    if missing:
-        raise ConfigError(f"{alg.name} on a model with conv layers needs example_input= (one batch of inputs) "
-                          f"to size the skip matrices of the conv layers' input maps ({name(missing[0])})")
-    if alg.feedback.needs_forward_sign and convs[-1] > 0:
-        raise ConfigError(f"feedback {alg.feedback.kind!r} with {alg.name} needs the product of the forward "
-                          f"matrices above each layer, which is not defined across conv layers ({name(convs[-1])})")
-
-
 def _check_embedding_options(alg: Algorithm, layers):
     """Refuse what the learning channel does not define for embeddings (one line)."""
     emb = [n for n, m in layers if isinstance(m, nn.Embedding)]
@@ -319,7 +298,6 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     if example_input is None:
         example_input = _declared_example(model, found)
     layers, shapes = _discover(model, found, example_input)
-    _check_conv_options(alg, layers, shapes)
     _check_embedding_options(alg, layers)
     _check_product_route(alg, model)
     ensembles = {getattr(m, "ensemble", None) for _, m in layers}
@@ -332,8 +310,8 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     seeds = _seed_list(seed, ensemble)
     top = layers[-1][1]
     top_size = _out_width(top)
-    if output_size is not None and output_size != top_size:
-        raise ConfigError(f"output_size={output_size} but the top layer has {top_size} outputs")
+    if output_size is not None:     # the output layer's width, where the last layer registered is not the output
+        top_size = output_size
 
     sites = []
     for name, layer in layers:
@@ -350,6 +328,7 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
             site.bias = layer.bias
         _set_module(model, name, site)
         sites.append(site)
+    route_of(alg).validate(sites)
 
     if not alg.derivative:
         for name, mod in list(model.named_modules()):
@@ -368,20 +347,11 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
             if a.init_scale != 1.0:
                 for site in sites:
                     site.weight[k].mul_(a.init_scale)
-    _init_feedback(sites, alg, seeds, ensemble, members)
+    _init_feedback(sites, alg, seeds, ensemble, members, n_top=top_size)
     model.register_forward_pre_hook(channel.begin_pass)
     _route_structure(alg, model, channel)
     model.rbp_channel = channel
     return model
-
-
-def _skip_sign(sites, i, k):
-    """Sign pattern of W^L ... W^{h+1} (shape N_L x N_h) at initialisation, for congruent SRBP."""
-    prod = None
-    for s in sites[i:]:
-        w = s.weight[k] if s.ensemble else s.weight
-        prod = w.detach() if prod is None else w.detach() @ prod
-    return prod
 
 
 def _out_width(layer) -> int:
@@ -389,13 +359,6 @@ def _out_width(layer) -> int:
     if isinstance(layer, (nn.Embedding, FeedbackEmbedding)):
         return layer.embedding_dim
     return layer.out_channels if isinstance(layer, (*CONVS, FeedbackConvNd)) else layer.out_features
-
-
-def _skip_width(site) -> int:
-    """Number of units of the site's input that a skip matrix reaches (its fan-out)."""
-    if isinstance(site, FeedbackConvNd):
-        return math.prod(site.input_shape)
-    return site.in_features
 
 
 def _resolve_units(alg: Algorithm, model: nn.Module) -> Algorithm:
@@ -435,57 +398,91 @@ def _member_algorithms(alg: Algorithm, given, ensemble, model) -> list | None:
     return members
 
 
-def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Sequence[Algorithm] | None = None):
-    """Draw every site's feedback; ``members`` gives each ensemble member its own initial-state fields."""
+def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Sequence[Algorithm] | None = None,
+                   n_top: int | None = None):
+    """Draw every site's feedback, as its route says; ``members`` gives each ensemble member its own
+    initial-state fields.  A skip matrix whose width is not known yet (a conv layer's input map
+    without ``example_input``) is drawn at the site's first forward pass (:class:`_LazySkip`)."""
     if not alg.random_feedback:
         return
+    route = route_of(alg)
     members = list(members) if members is not None else [alg] * len(seeds)
     specs = [a.feedback for a in members]
     scales = [a.feedback_scale for a in members]
-    chained = alg.route != "skip"
     gens = [generator(s, "feedback") for s in seeds]
-    n_top = _out_width(sites[-1])
-    L, m = len(sites), len(alg.backward_hidden)
-    widths = (n_top, *alg.backward_hidden)      # layers D^0 = E^L, D^1 .. D^m of a distinct network
-    if m > L - 1:
-        raise ConfigError(f"backward_hidden has {m} layers but the network has {L - 1} hidden layers to receive "
-                          f"from them; a distinct network may be at most {L - 1} layers deep")
-
-    def check_sparse(fan_out, where):
-        for spec in specs:
-            if spec.kind == "sparse" and spec.sparsity > fan_out:
-                raise ConfigError(f"feedback sparse-{spec.sparsity}: n must be at most the fan-out {fan_out} {where}")
+    n_top = _out_width(sites[-1]) if n_top is None else n_top
 
     for i, site in enumerate(sites):
-        if alg.feedback.per_synapse:
-            if i == len(sites) - 1:
-                continue  # the top layer follows the gradient
-            shape = (n_top, site.out_features, site.in_features + (site.bias is not None))
-            site.set_feedback(_members(specs, shape, gens, site, False, lambda k: None, ensemble, scales), False)
+        if isinstance(site, FeedbackEmbedding):
+            continue  # its input is indices: nothing travels below an embedding, so it holds no feedback
+        shape = route.feedback_shape(sites, i, n_top)
+        if shape is None:
+            fed = route.fed_feedback_shape(sites, i, n_top) if i == 0 else None
+            if fed is not None:       # drawn only if a pass shows that this site's input is computed
+                site._lazy_feedback = _LazyFeedback(route, specs, scales, seeds, i, fed, ensemble, only_if_fed=True)
             continue
-        if i == 0 or isinstance(site, FeedbackEmbedding):
-            continue  # the first layer's input is the data (an embedding's, indices): no learning channel below it
-        conv_kernel = chained and isinstance(site, FeedbackConvNd)
-        if conv_kernel:
-            shape = tuple(site.weight.shape[1:] if ensemble else site.weight.shape)
-            fan_out, what = math.prod(shape[1:]), "kernel (in_channels*kh*kw)"
-        else:
-            shape = (site.out_features, site.in_features) if chained else (widths[min(L - i, m)], _skip_width(site))
-            fan_out, what = shape[-1], "learning channel"
-        check_sparse(fan_out, f"of layer {i + 1}'s {what}")
+        if shape[-1] is None:        # a skip matrix for a conv input map: sized at the first forward pass
+            site._lazy_feedback = _LazyFeedback(route, specs, scales, seeds, i, shape, ensemble)
+            continue
+        kernel = route.chained and len(shape) > 2
+        fan_out = math.prod(shape[1:]) if kernel else shape[-1]
+        what = "kernel (in_channels*kh*kw)" if kernel else "learning channel"
+        _check_sparse(specs, fan_out, f"of layer {i + 1}'s {what}")
 
-        def sign_of(k, site=site, i=i):
-            if not specs[k].needs_forward_sign:
-                return None
-            return (site.weight[k] if ensemble else site.weight).detach() if chained else _skip_sign(sites, i, k)
+        def sign_of(k, i=i):
+            return route.forward_sign(sites, i, k) if specs[k].needs_forward_sign else None
 
-        tensor = _members(specs, shape, gens, site, chained, sign_of, ensemble, scales)
-        site.set_feedback(tensor, adaptive=alg.adaptive)
-    for k in range(1, m + 1):   # the distinct network's own layers, V^k held by the site at L - k (fixed)
-        site, shape = sites[L - k], (widths[k - 1], widths[k])
-        check_sparse(shape[-1], f"of the distinct network's layer {k}")
-        site.register_buffer("backward_weight", _members(specs, shape, gens, site, False, lambda k: None,
-                                                         ensemble, scales))
+        tensor = _members(specs, shape, gens, site, route.chained, sign_of, ensemble, scales)
+        site.set_feedback(tensor, adaptive=route.feedback_adaptive)
+    for position, shape in route.distinct_layers(sites, n_top):   # V^k of a distinct network (fixed)
+        k = len(sites) - position
+        _check_sparse(specs, shape[-1], f"of the distinct network's layer {k}")
+        sites[position].register_buffer("backward_weight", _members(specs, shape, gens, sites[position], False,
+                                                                    lambda k: None, ensemble, scales))
+
+
+def _check_sparse(specs, fan_out, where):
+    for spec in specs:
+        if spec.kind == "sparse" and spec.sparsity > fan_out:
+            raise ConfigError(f"feedback sparse-{spec.sparsity}: n must be at most the fan-out {fan_out} {where}")
+
+
+class _LazyFeedback:
+    """A feedback tensor drawn at its site's first forward pass.
+
+    Two cases: a skip matrix whose width is the size of a conv layer's input map
+    (known once an input arrives), and the feedback of the site registered first,
+    which is drawn only if the graph shows that its input is computed by the
+    network (``rbp.convert`` takes the registration order for the forward order).
+    Each has its own random stream (the member's feedback seed, named after the
+    site's index), so it does not depend on when the pass happens.
+    """
+
+    def __init__(self, route, specs, scales, seeds, index, shape, ensemble, only_if_fed=False):
+        self.route, self.specs, self.scales, self.seeds = route, specs, scales, seeds
+        self.index, self.shape, self.ensemble, self.only_if_fed = index, shape, ensemble, only_if_fed
+        self.adaptive = route.feedback_adaptive
+
+    def wanted(self, x) -> bool:
+        return not self.only_if_fed or x.requires_grad
+
+    def __call__(self, site, x):
+        shape = self.shape
+        if shape[-1] is None:
+            K = self.ensemble or 1
+            site.input_shape = (x.shape[1] // K, *x.shape[2:])
+            shape = (shape[0], site.skip_width())
+        kernel = self.route.chained and len(shape) > 2
+        fan_out = math.prod(shape[1:]) if kernel else shape[-1]
+        _check_sparse(self.specs, fan_out, f"of layer {self.index + 1}'s learning channel")
+        sites = site.channel.sites
+
+        def sign_of(k):
+            return self.route.forward_sign(sites, self.index, k) if self.specs[k].needs_forward_sign else None
+
+        gens = [generator(s, f"feedback-lazy-{self.index}", x.device) for s in self.seeds]
+        tensor = _members(self.specs, shape, gens, site, self.route.chained, sign_of, self.ensemble, self.scales)
+        return tensor.to(x.device), self.adaptive
 
 
 def _members(specs, shape, gens, site, chained, sign_of, ensemble, scales):

@@ -36,16 +36,16 @@ import torch.nn.functional as F
 
 from ..channel.quantize import quantize
 from ..errors import UnsupportedModelError
-from .layers import FeedbackLinear
+from .site import Site
 
 
-class FeedbackEmbedding(nn.Module):
+class FeedbackEmbedding(Site):
     """An ``nn.Embedding`` trained by the learning channel (parameter ``weight``, (V, D)).
 
     ``feedback`` is always ``None``: nothing travels below an embedding.
     """
 
-    ensemble = None
+    kind = "embedding"
     bias = None
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, scale_grad_by_freq=False,
@@ -56,12 +56,7 @@ class FeedbackEmbedding(nn.Module):
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx, self.scale_grad_by_freq = padding_idx, scale_grad_by_freq
         self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
-        self.register_buffer("feedback", None)
-        self.channel = None
-
-    algorithm = FeedbackLinear.algorithm
-    set_feedback = FeedbackLinear.set_feedback
-    forward = FeedbackLinear.forward       # F.embedding inside the site Function; the channel's backward
+        self._init_site_state()
 
     @property
     def out_features(self) -> int:
@@ -120,10 +115,17 @@ class FeedbackEmbedding(nn.Module):
         gW = g.new_zeros(V, D).index_add_(0, pairs % V, quantize(per, alpha, bits, flush)).div_(scale)
         return self._finish(gW, x), None
 
-    def _sends_nothing(self, *_):
+    def _sends_nothing(self, *_, **__):
         raise RuntimeError("an embedding's input is indices: the learning channel sends nothing below it")
 
-    grad_input = skip = grad_skip = per_synapse_update = _sends_nothing
+    # nothing travels below an embedding: rbp.convert gives it no feedback, and its input needs no signal
+    grad_input = skip = grad_skip = per_synapse_update = sample_feedback = _sends_nothing
+
+    def chained_feedback_shape(self):
+        return None
+
+    def skip_width(self):
+        return None
 
     def extra_repr(self):
         pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""

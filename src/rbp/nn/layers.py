@@ -19,9 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..channel import feedback as fb
-from ..channel.backward import Pass, site_backward
+from ..channel.backward import SITE_NODES, Pass, site_backward
 from ..channel.quantize import quantize
 from . import _qkernel
+from .site import Site
 
 _CHUNK_ELEMENTS = 1 << 20  # per-example updates are formed in chunks of at most this many numbers
 
@@ -42,6 +43,9 @@ class _SiteFunction(torch.autograd.Function):
         J, gW, gb, gF = site_backward(ctx.site, ctx.pas, ctx.position, g, x, weight, fbk,
                                       ctx.needs_input_grad[:4])
         return J, gW, gb, gF, None, None, None
+
+
+SITE_NODES.add(_SiteFunction._backward_cls)   # how a Pass recognises a site in the autograd graph
 
 
 class LinearOps:
@@ -79,8 +83,6 @@ class LinearOps:
         g2, x2 = self._rows2(g), self._rows2(x)
         return g2.transpose(-1, -2) @ x2
 
-    grad_skip = grad_weight  # dLoss/dC for ASRBP: E^L (O^h)^T in C's orientation
-
     def grad_bias(self, g):
         return self._rows2(g).sum(-2)
 
@@ -88,7 +90,23 @@ class LinearOps:
         return g @ matrix
 
     def skip(self, error, matrix, x):
-        return (error @ matrix).reshape(x.shape)
+        """C E^L at the input.  An error per example reaching an input with positions
+        (x of shape (B, T, ..., in), error (B, N_L)) gives every position the same
+        projection, as the true gradient of a mean-pooled readout does."""
+        J = error @ matrix
+        if J.shape == x.shape:
+            return J
+        lead = J.dim() - 1
+        if tuple(x.shape[:lead]) == tuple(J.shape[:lead]):
+            return J.reshape(*J.shape[:lead], *([1] * (x.dim() - J.dim())), J.shape[-1]).expand(x.shape)
+        return J.reshape(x.shape)
+
+    def grad_skip(self, error, x):
+        """dLoss/dC for ASRBP: E^L (O^h)^T in C's orientation (summed over positions, see :meth:`skip`)."""
+        lead = error.dim() - 1
+        if x.dim() > error.dim() and tuple(x.shape[:lead]) == tuple(error.shape[:lead]):
+            x = x.sum(dim=tuple(range(lead, x.dim() - 1)))
+        return self.grad_weight(error, x)
 
     def per_synapse_update(self, error, g, x, P):
         """Weight and bias updates when every synapse has its own feedback vector.
@@ -156,7 +174,7 @@ class LinearOps:
         return gW
 
 
-class FeedbackLinear(LinearOps, nn.Module):
+class FeedbackLinear(LinearOps, Site):
     """A linear layer trained by the learning channel of ``channel.algorithm``.
 
     Attributes: ``weight`` (out, in) or (K, out, in); ``bias``; ``feedback``: the
@@ -166,6 +184,11 @@ class FeedbackLinear(LinearOps, nn.Module):
     (N_L, in) or (K, N_L, in) for the skipped route.
     """
 
+    kind = "linear"
+    per_synapse_defined = True
+    can_be_skip_top = True
+    skip_sign_defined = True
+
     def __init__(self, in_features, out_features, bias=True, ensemble=None, device=None, dtype=None):
         super().__init__()
         self.in_features, self.out_features, self.ensemble = in_features, out_features, ensemble
@@ -173,29 +196,13 @@ class FeedbackLinear(LinearOps, nn.Module):
         kw = dict(device=device, dtype=dtype)
         self.weight = nn.Parameter(torch.empty(*lead, out_features, in_features, **kw))
         self.bias = nn.Parameter(torch.zeros(*lead, out_features, **kw)) if bias else None
-        self.register_buffer("feedback", None)
-        self.channel = None  # set by rbp.convert: the shared LearningChannel
+        self._init_site_state()
 
-    @property
-    def algorithm(self):
-        return self.channel.algorithm
+    def chained_feedback_shape(self):
+        return (self.out_features, self.in_features)
 
-    def set_feedback(self, tensor: torch.Tensor | None, adaptive: bool):
-        """Install this layer's learning-channel matrix (as state of the model)."""
-        self._parameters.pop("feedback", None)
-        self._buffers.pop("feedback", None)
-        self.__dict__.pop("feedback", None)
-        if adaptive and tensor is not None:
-            self.register_parameter("feedback", nn.Parameter(tensor))
-        else:
-            self.register_buffer("feedback", tensor)
-
-    def forward(self, x):
-        if self.channel is None:  # not converted: plain backprop
-            return self.affine(x, self.weight, self.bias)
-        pas = self.channel.current_pass()
-        position = pas.enter(self)
-        return _SiteFunction.apply(x, self.weight, self.bias, self.feedback, self, pas, position)
+    def skip_width(self):
+        return self.in_features
 
     def extra_repr(self):
         ens = f", ensemble={self.ensemble}" if self.ensemble else ""
