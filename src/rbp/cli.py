@@ -64,6 +64,11 @@ def add_algorithm_options(p: argparse.ArgumentParser):
     g.add_argument("--mirror-noise", type=float, default=None, help="sd of the mirror phase's noise (wm, default 1)")
     g.add_argument("--mirror-decay", type=float, default=None, help="weight mirrors' decay of B (wm, default 1)")
     g.add_argument("--mirror-batch", type=int, default=None, help="noise vectors per layer per mirror step (wm, 100)")
+    g.add_argument("--blocks", type=lambda t: [n for n in t.split(",") if n], default=None, metavar="NAMES",
+                   help="srbp's block mode: comma-separated module names (or patterns such as 'layers.*') whose "
+                        "outputs receive C E^L (docs/blocks.md)")
+    g.add_argument("--block-feedback", choices=["bp", "rbp"], default=None,
+                   help="the route below each block's output in block mode (default bp)")
 
 
 def algorithm_from_args(args, lr=None, decay=None):
@@ -84,7 +89,8 @@ def algorithm_from_args(args, lr=None, decay=None):
                      quantize_update_mode=mode, quantize_update_lr=lr,
                      dropout=args.lc_dropout, update=args.update, adapt_rate=args.adapt_rate,
                      weight_decay=args.weight_decay, mirror_rate=args.mirror_rate, mirror_noise=args.mirror_noise,
-                     mirror_decay=args.mirror_decay, mirror_batch=args.mirror_batch)
+                     mirror_decay=args.mirror_decay, mirror_batch=args.mirror_batch,
+                     blocks=getattr(args, "blocks", None), block_feedback=getattr(args, "block_feedback", None))
 
 
 def train_spec_from_args(args):
@@ -101,7 +107,7 @@ def train_spec_from_args(args):
                            activation=args.activation, epochs=args.epochs, batch_size=args.batch_size,
                            lr=args.lr, decay=args.decay, momentum=args.momentum, device=args.device,
                            driver=args.driver, frozen=args.freeze, model=args.model,
-                           augment=args.augment).validate()
+                           augment=args.augment, optimizer=args.optimizer).validate()
 
 
 def _cmd_train(args) -> int:
@@ -239,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--activation", default=None, help="tanh, relu, logistic or linear")
     g.add_argument("--freeze", type=_int_list, default=None, help="1-based weight layers kept fixed, e.g. 1,2")
     g.add_argument("--model", default=None, help="mlp, convnet (paper 1's CIFAR-10 network), "
-                   "lenet or resnet20 (BioTorch's benchmark networks)")
+                   "lenet or resnet20 (BioTorch's benchmark networks), vit (a small vision transformer)")
+    g.add_argument("--optimizer", default=None, choices=["sgd", "adam"],
+                   help="sgd (the papers', with --momentum) or adam (same lr decay, momentum 0)")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random translations up to 10 %% and horizontal flips (on in the CIFAR-10 protocol)")
     r = t.add_argument_group("running")

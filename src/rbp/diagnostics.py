@@ -45,7 +45,6 @@ from contextlib import contextmanager
 import torch.nn.functional as F
 
 from .nn.activations import NoDerivative
-from .nn.fused import FusedNetwork, softmax_xent_grad
 from .channel.routes import route_of
 
 
@@ -67,29 +66,13 @@ def _ratio(a, b, ensemble):
     return (a.double().norm(dim=1) / b.double().norm(dim=1).clamp_min(1e-300)).tolist()
 
 
-@torch.no_grad()
-def alignment(fused: FusedNetwork, x: torch.Tensor, y: torch.Tensor) -> list[dict]:
-    """Alignment figures on the probe batch (x, y); one dict per network (ensemble member)."""
-    stages = fused.stages
-    ens = bool(stages[0].site.ensemble)
-    K = stages[0].site.weight.shape[0] if ens else 1
-    cache: list = []
-    logits = fused.forward(x, keep=cache)
-    G = softmax_xent_grad(logits, y)
-    received, updates = fused.backward(G, cache, probe=True)
-    deltas, true_updates = fused.true_gradient(G, cache)
-    alg = stages[0].site.algorithm
-    out = [dict() for _ in range(K)]
+def alignment(fused, x: torch.Tensor, y: torch.Tensor) -> list[dict]:
+    """Alignment figures of the fused driver's network: :func:`model_alignment` of its model.
 
-    def put(key, values):
-        for k, v in enumerate(values):
-            out[k][key] = v
-
-    sites = [st.site for st in stages]
-    for h in range(1, len(stages)):          # hidden layer h is the output of stage h-1
-        _layer_figures(put, alg, sites, h, received[h - 1], deltas[h - 1], updates[h - 1], true_updates[h - 1],
-                       ens, K)
-    return out
+    One implementation serves both drivers: the figures come from the converted
+    module's autograd pass, which the fused driver is tested to equal.
+    """
+    return model_alignment(fused.model, x, y)
 
 
 def _layer_figures(put, alg, sites, h, received, delta, update, true_update, ens, K):

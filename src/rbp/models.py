@@ -300,3 +300,85 @@ def resnet20(in_channels: int = 3, image_size: int = 32, num_classes: int = 10, 
                     mod.bias.zero_()
     model.input_shape = (in_channels, image_size, image_size)
     return model
+
+
+class VisionTransformer(nn.Module):
+    """A small vision transformer made of torch modules only (see :func:`vit`)."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, act, patch: int, dim: int,
+                 depth: int, heads: int, mlp_dim: int):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
+        self.tokens = (image_size // patch) ** 2
+        self.position = nn.Embedding(self.tokens, dim)
+        self.layers = nn.Sequential(*[
+            nn.TransformerEncoderLayer(dim, heads, mlp_dim, dropout=0.0, activation=act.module(),
+                                       batch_first=True, norm_first=True) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)       # (B, T, dim)
+        h = self.layers(tokens + self.position(torch.arange(self.tokens, device=x.device)))
+        return self.head(self.norm(h).mean(1))
+
+
+def vit(in_channels: int = 1, image_size: int = 28, num_classes: int = 10, activation: str = "relu",
+        seed: int | None = None, *, ensemble=None, patch: int = 7, dim: int = 64, depth: int = 4,
+        heads: int = 4, mlp_dim: int = 128) -> nn.Module:
+    """A small vision transformer (Dosovitskiy et al. 2021) for MNIST-sized images, from torch modules only.
+
+    Patch embedding by ``nn.Conv2d`` with kernel and stride ``patch`` (28 x 28 images,
+    patch 7: 16 tokens), plus a learned position embedding, then ``depth``
+    ``nn.TransformerEncoderLayer`` blocks (``batch_first``, ``norm_first``, ``heads``
+    heads, feed-forward width ``mlp_dim``, ``activation``, no dropout), a final
+    ``nn.LayerNorm``, the mean over the tokens and an ``nn.Linear`` head.  The
+    encoder layers are ``model.layers.0`` ... (the blocks of SRBP's block mode,
+    docs/blocks.md).
+
+    The position table is an ``nn.Embedding`` looked up at positions 0 .. T-1: the
+    same learned (T, dim) table as a bare parameter, in a module type that
+    :func:`rbp.convert` knows (it refuses parameters held by a module it does not
+    know).  Pooling is the token mean (a class token would be such a parameter).
+
+    Weights from the ``init`` stream of ``seed``: Xavier uniform for every
+    projection (as torch initialises attention's ``in_proj_weight``), the patch
+    kernel and the head; zero biases; position table N(0, 0.02^2); layer norms at
+    scale 1, shift 0.  No ensembles.
+    """
+    if ensemble is not None:
+        raise ConfigError("vit trains one network at a time (no ensemble)")
+    for key, v in (("in_channels", in_channels), ("image_size", image_size), ("num_classes", num_classes),
+                   ("patch", patch), ("dim", dim), ("depth", depth), ("heads", heads), ("mlp_dim", mlp_dim)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {v!r}")
+    if image_size % patch:
+        raise ConfigError(f"vit: patch {patch} does not divide the image size {image_size}")
+    if dim % heads:
+        raise ConfigError(f"vit: dim {dim} is not divisible by heads {heads}")
+    model = VisionTransformer(in_channels, image_size, num_classes, get_activation(activation), patch, dim, depth,
+                              heads, mlp_dim)
+    gen = generator(seed, "init")
+
+    def uniform(w, fan_in, fan_out):
+        bound = (6.0 / (fan_in + fan_out)) ** 0.5
+        w.copy_(torch.rand(w.shape, generator=gen).mul_(2 * bound).sub_(bound))
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ".norm" in name or name.startswith("norm."):
+                if not name.endswith("bias"):
+                    p.fill_(1.0)
+                else:
+                    p.zero_()
+            elif name == "position.weight":
+                p.copy_(torch.randn(p.shape, generator=gen).mul_(0.02))
+            elif name.endswith("in_proj_weight"):
+                uniform(p, p.shape[1], p.shape[0])         # torch's own: Xavier over the stacked (3d, d)
+            elif p.dim() == 4:
+                rf = p.shape[2] * p.shape[3]
+                uniform(p, p.shape[1] * rf, p.shape[0] * rf)
+            else:
+                uniform(p, p.shape[1], p.shape[0])
+    model.input_shape = (in_channels, image_size, image_size)
+    return model

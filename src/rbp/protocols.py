@@ -38,6 +38,7 @@ class Protocol:
     frozen: tuple = ()               # 1-based weight layers that do not learn
     model: str = "mlp"               # "mlp" (sizes from hidden) or a network of rbp.models
     augment: bool = False            # random translations (<= 10 %) and horizontal flips
+    optimizer: str = "sgd"           # "sgd" (rbp.optim.KerasSGD) or "adam" (rbp.optim.Adam), same lr schedule
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -30,21 +30,23 @@ from .channel.algorithm import Algorithm, algorithm as make_algorithm, training_
 from .channel.noise import generator
 from .errors import ConfigError
 from .diagnostics import Settling, alignment, model_alignment
-from .models import cifar_convnet, lenet, mlp, resnet20
+from .models import cifar_convnet, lenet, mlp, resnet20, vit
 from .nn.convert import convert
 from .nn.conv import use_channels_last
 from .nn.fused import FusedNetwork, softmax_xent_grad
-from .optim import KerasSGD
+from .optim import OPTIMIZERS, KerasSGD, make_optimizer
 from .protocols import DEFAULT_DATASET, MNIST, protocol as paper_protocol
 
 PAPER_HIDDEN = MNIST.hidden
 
 # Network families a TrainSpec can name: "mlp" (sizes from ``hidden``) or paper 1's CIFAR-10
 # convolutional network (rbp.models.cifar_convnet; ``hidden`` is not used).
-MODELS = ("mlp", "convnet", "cifar_convnet", "lenet", "resnet20")
-CONV_MODELS = {"convnet": cifar_convnet, "cifar_convnet": cifar_convnet, "lenet": lenet, "resnet20": resnet20}
-CONV_WEIGHT_LAYERS = {"convnet": 5, "cifar_convnet": 5, "lenet": 5, "resnet20": 20}
-SINGLE_ONLY = ("resnet20",)   # conv models without an ensemble layout (batch norm)
+MODELS = ("mlp", "convnet", "cifar_convnet", "lenet", "resnet20", "vit")
+CONV_MODELS = {"convnet": cifar_convnet, "cifar_convnet": cifar_convnet, "lenet": lenet, "resnet20": resnet20,
+               "vit": vit}     # image-layout models (vit: rbp.models.vit's defaults)
+# vit: patch conv, position table, 4 x (in_proj, out_proj, linear1, linear2), head
+CONV_WEIGHT_LAYERS = {"convnet": 5, "cifar_convnet": 5, "lenet": 5, "resnet20": 20, "vit": 19}
+SINGLE_ONLY = ("resnet20", "vit")   # image models without an ensemble layout (batch norm, layer norm)
 CONV_PROBE = 256           # examples in the alignment probe batch of a conv net (rbp.diagnostics)
 
 
@@ -71,6 +73,7 @@ class TrainSpec:
         frozen: 1-based indices of weight layers that do not learn.
         model: "mlp", or "convnet" for paper 1's CIFAR-10 network.
         augment: random translations (up to 10 %) and horizontal flips, drawn per minibatch.
+        optimizer: "sgd" (`rbp.optim.KerasSGD`) or "adam" (`rbp.optim.Adam`, same lr schedule, no momentum).
     """
 
     dataset: str = DEFAULT_DATASET
@@ -87,6 +90,7 @@ class TrainSpec:
     frozen: tuple = MNIST.frozen       # 1-based indices of weight layers that do not learn
     model: str = MNIST.model           # "mlp" or "convnet" (alias "cifar_convnet"): see MODELS
     augment: bool = MNIST.augment      # random translations (<= 10 %) and horizontal flips, per minibatch
+    optimizer: str = MNIST.optimizer   # "sgd" (KerasSGD, with momentum) or "adam" (rbp.optim.Adam)
 
     @classmethod
     def paper(cls, dataset: str = DEFAULT_DATASET, **overrides) -> "TrainSpec":
@@ -117,6 +121,10 @@ class TrainSpec:
             raise ConfigError(f"driver must be 'fused' or 'autograd', got {self.driver!r}")
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.optimizer == "adam" and self.momentum:
+            raise ConfigError("momentum is SGD's; adam keeps its own running averages (set momentum to 0)")
         if not isinstance(self.augment, bool):
             raise ConfigError(f"augment must be true or false, got {self.augment!r}")
         n_layers = len(self.hidden) + 1 if self.model == "mlp" else CONV_WEIGHT_LAYERS[self.model]
@@ -338,8 +346,8 @@ class Trainer:
             retain_freed_memory()
         self.channel = self.model.rbp_channel
         self.stepper = _Stepper(self.model, spec.driver)
-        self.opt = KerasSGD([p for p in self.model.parameters() if p.requires_grad], lr=spec.lr,
-                            decay=spec.decay, momentum=spec.momentum)
+        self.opt = make_optimizer(spec.optimizer, [p for p in self.model.parameters() if p.requires_grad],
+                                  lr=spec.lr, decay=spec.decay, momentum=spec.momentum)
         self.data_gens = [generator(s, "data") for s in self.seeds]
         self.probe_batch = None
         if probe_size:
@@ -510,7 +518,7 @@ def ensemble_capacity(spec: TrainSpec, input_dim: int, num_classes: int, memory:
     temporaries of the grouped convolutions).
     """
     memory = available_memory(spec.device) if memory is None else memory
-    if spec.model in SINGLE_ONLY:
+    if spec.model in SINGLE_ONLY or spec.algorithm.blocks:     # srbp's block mode: one network at a time
         return 1
     if spec.model in CONV_MODELS:
         if torch.device(spec.device).type == "cpu":

@@ -87,6 +87,8 @@ class Algorithm:
     mirror_noise: float = 1.0                  # sd of the noise that drives each layer in the mirror phase
     mirror_decay: float = 1.0                  # the mirror's decay of B: B -> (mirror_noise^2 / mirror_decay) W
     mirror_batch: int = 100                    # noise vectors per layer per mirror step
+    blocks: tuple = ()                         # SRBP block mode: modules whose outputs receive C E^L (rbp.nn.blocks)
+    block_feedback: str = "bp"                 # the route inside and between blocks: "bp" or "rbp"
 
     @property
     def random_feedback(self) -> bool:
@@ -135,6 +137,8 @@ class Algorithm:
             extras.append(f"feedback x{self.feedback_scale:g}")
         if self.init_scale != getattr(defaults, "init_scale", 1.0):
             extras.append(f"init x{self.init_scale:g}")
+        if self.blocks:
+            extras.append(f"blocks {' '.join(self.blocks)}, {self.block_feedback} inside")
         return self.name + (f"[{', '.join(extras)}]" if extras else "")
 
     def options(self) -> dict:
@@ -146,7 +150,8 @@ class Algorithm:
         for key in ("derivative", "quantize_error", "quantize_update", "dropout", "update",
                     "adapt_rate", "loss_reduction", "quantize_error_alpha", "quantize_update_alpha",
                     "quantize_update_mode", "quantize_update_lr", "backward_nonlinearity", "backward_hidden", "feedback_scale", "init_scale",
-                    "weight_decay", "mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch"):
+                    "weight_decay", "mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch",
+                    "blocks", "block_feedback"):
             if getattr(self, key) != getattr(defaults, key):
                 out[key] = getattr(self, key)
         return out
@@ -246,7 +251,8 @@ for _name, (_alg, _text) in (*_PAPER2.items(), *_FAMILY.items()):
 OPTION_NAMES = ("feedback", "derivative", "quantize_error", "quantize_update", "dropout", "update",
                 "adapt_rate", "loss_reduction", "quantize_error_alpha", "quantize_update_alpha",
                 "quantize_update_mode", "quantize_update_lr", "backward_nonlinearity", "backward_hidden", "feedback_scale", "init_scale",
-                "weight_decay", "mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch")
+                "weight_decay", "mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch",
+                "blocks", "block_feedback")
 MIRROR_OPTIONS = ("mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch")
 
 
@@ -382,6 +388,19 @@ def algorithm(name: str | Algorithm, **options) -> Algorithm:
             if value not in ("mean", "sum"):
                 raise ConfigError(f"loss_reduction must be 'mean' or 'sum', got {value!r}")
             changes[key] = value
+        elif key == "blocks":
+            if isinstance(value, str):
+                value = (value,)
+            if not isinstance(value, (list, tuple)) or any(not isinstance(n, str) or not n.strip() for n in value):
+                raise ConfigError(f"blocks must be a list of module names (e.g. ['layers.0', 'layers.1']), got {value!r}")
+            if value and (base.route != "skip" or base.adaptive or base.backward_hidden):
+                raise ConfigError(f"blocks: block mode delivers C E^L at block outputs by srbp's skipped route with "
+                                  f"fixed matrices; '{base.name}' is not srbp (use srbp)")
+            changes[key] = tuple(value)
+        elif key == "block_feedback":
+            if value not in BLOCK_FEEDBACK:
+                raise ConfigError(f"block_feedback must be one of {', '.join(BLOCK_FEEDBACK)}, got {value!r}")
+            changes[key] = value
     result = dataclasses.replace(base, **changes)
     if result.quantize_update_mode != "eq19" and not result.quantize_update:
         raise ConfigError("quantize_update_mode needs quantize_update (the number of bits)")
@@ -397,10 +416,30 @@ def algorithm(name: str | Algorithm, **options) -> Algorithm:
     if result.mirror_rate and result.feedback.refreshed:
         raise ConfigError(f"feedback {str(result.feedback)!r} is set anew every minibatch; weight mirrors "
                           "(mirror_rate) would be overwritten")
+    if result.blocks:
+        _check_blocks(result)
+    elif result.block_feedback != Algorithm.block_feedback:
+        raise ConfigError("block_feedback is the route inside the blocks of srbp's block mode; it needs blocks=")
     if result.backward_hidden and (result.feedback.resampled or result.feedback.needs_forward_sign):
         raise ConfigError(f"feedback {str(result.feedback)!r} follows the forward weights, but the hidden layers "
                           "of a distinct learning network (backward_hidden) mirror no forward matrix")
     return result
+
+
+BLOCK_FEEDBACK = ("bp", "rbp")
+
+
+def _check_blocks(alg: Algorithm):
+    """Block mode (rbp.nn.blocks) takes the options that keep their meaning there, and refuses the rest."""
+    used = [k for k in ("quantize_error", "quantize_update", "dropout", "backward_nonlinearity")
+            if getattr(alg, k)] + (["update"] if alg.update != "full" else [])
+    if used:
+        raise ConfigError(f"{used[0]} is not defined in srbp's block mode (blocks=): it takes feedback, "
+                          "feedback_scale, derivative, init_scale, weight_decay and loss_reduction")
+    spec = alg.feedback
+    if spec.refreshed or spec.per_synapse or spec.needs_forward_sign:
+        raise ConfigError(f"feedback {str(spec)!r} is not defined in srbp's block mode (blocks=): the block "
+                          "matrices are fixed draws with no forward matrix to follow")
 
 
 def _adaptive_names():

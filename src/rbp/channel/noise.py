@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 # Independent streams derived from one seed.
-STREAMS = {"init": 0, "feedback": 1, "noise": 2, "data": 3}
+STREAMS = {"init": 0, "feedback": 1, "noise": 2, "data": 3, "blocks": 5}   # blocks: SRBP block mode (rbp.nn.blocks)
 LAZY = 4   # feedback sized at the first forward pass: stream (4, site index)
 
 

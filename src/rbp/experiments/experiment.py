@@ -23,6 +23,7 @@ to put our numbers beside the paper's::
     frozen = []                                 # 1-based weight layers that do not learn
     model = "mlp"                               # or the name of a network in rbp.models
     augment = false                             # data augmentation (conv protocol)
+    optimizer = "sgd"                           # sgd (with momentum above) or adam (momentum 0)
 
     [[config]]                                  # one per configuration, in display order
     id = "baseline-rbp"                         # [a-z0-9._-], unique in the file
@@ -31,7 +32,8 @@ to put our numbers beside the paper's::
     feedback = "sparse-8"                       # any option of rbp.algorithm: feedback, derivative,
                                                 # quantize_error, quantize_update, dropout, update, adapt_rate,
                                                 # feedback_scale, init_scale, weight_decay, mirror_rate,
-                                                # mirror_noise, mirror_decay, mirror_batch
+                                                # mirror_noise, mirror_decay, mirror_batch,
+                                                # blocks, block_feedback (srbp's block mode: docs/blocks.md)
     lr = 0.1                                    # protocol overrides: batch_size, lr, decay, momentum,
                                                 # hidden, activation, frozen
     row = "baseline"                            # Table row (configs of one row form one table row group)
@@ -77,7 +79,8 @@ PROTOCOL_DEFAULTS = MNIST.as_dict()       # a file's [protocol] defaults: its da
 OVERRIDABLE = ("batch_size", "lr", "decay", "momentum", "hidden", "activation", "frozen")
 ALGORITHM_OPTIONS = ("feedback", "derivative", "quantize_error", "quantize_update", "quantize_update_mode",
                      "quantize_update_lr", "dropout", "update", "adapt_rate", "feedback_scale", "init_scale",
-                     "weight_decay", "mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch")
+                     "weight_decay", "mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch",
+                     "blocks", "block_feedback")
 TOP_KEYS = ("name", "description", "reference", "dataset", "requires", "protocol", "config")
 CONFIG_KEYS = ("id", "label", "algorithm", *ALGORITHM_OPTIONS, *OVERRIDABLE, "row", "group",
                "paper_mean", "paper_sd", "note")
@@ -155,7 +158,7 @@ PROTOCOL_CHECKS = {
     "lr": _float(0, lo_open=True), "decay": _float(0), "momentum": _float(0, 1),
     "hidden": _int_list(1, False, 100_000), "activation": _ACTIVATION,
     "frozen": _int_list(1, True), "model": _str(pattern=re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")),
-    "augment": _bool,
+    "augment": _bool, "optimizer": _str(("sgd", "adam")),
 }
 CONFIG_CHECKS = {
     "id": _str(pattern=_NAME), "label": _str(), "algorithm": _str(tuple(ALGORITHMS)),
@@ -169,6 +172,7 @@ CONFIG_CHECKS = {
     "feedback_scale": _float(0, lo_open=True), "init_scale": _float(0, lo_open=True),
     "weight_decay": _float(0), "mirror_rate": _float(0), "mirror_noise": _float(0, lo_open=True),
     "mirror_decay": _float(0, lo_open=True), "mirror_batch": _int(1),
+    "blocks": _str_list, "block_feedback": _str(),
 }
 
 
@@ -239,7 +243,7 @@ class Experiment:
                       batch_size=p["batch_size"], lr=p["lr"], decay=p["decay"], momentum=p["momentum"],
                       device=device, frozen=tuple(p["frozen"]))
         fields = {f.name for f in dataclasses.fields(TrainSpec)}
-        for key, default in (("model", "mlp"), ("augment", False)):
+        for key, default in (("model", "mlp"), ("augment", False), ("optimizer", "sgd")):
             if p[key] != default:
                 if key not in fields:
                     raise ConfigError(f"experiment {self.name}: protocol {key} = {p[key]!r} needs a training "
@@ -460,7 +464,7 @@ def from_spec(spec, seeds, name: str | None = None) -> Experiment:
     proto = {"epochs": spec.epochs, "seeds": len(seeds), "batch_size": spec.batch_size, "lr": spec.lr,
              "decay": spec.decay, "momentum": spec.momentum, "hidden": list(spec.hidden),
              "activation": spec.activation, "frozen": list(spec.frozen), "model": model,
-             "augment": spec.augment}
+             "augment": spec.augment, "optimizer": spec.optimizer}
     lines = ["# written by `rbp train --out`: one configuration, the seeds below",
              f"name = {_toml_value(name)}",
              f"description = {_toml_value(f'rbp train: {alg.describe()} on {spec.dataset}, seeds {seeds}')}",

@@ -77,6 +77,8 @@ def spec_key(spec) -> dict:
     d = spec_dict(spec)
     d.pop("device", None)
     d.pop("driver", None)
+    if d.get("optimizer") == "sgd":      # the only optimizer before the key existed: old stores still resume
+        d.pop("optimizer")
     return d
 
 

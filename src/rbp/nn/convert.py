@@ -15,12 +15,14 @@ from ..channel.algorithm import Algorithm, algorithm as make_algorithm, training
 from ..channel.backward import Pass
 from ..channel.mirror import mirror_step
 from ..channel.noise import Noise, generator
-from ..channel.routes import route_of
+from ..channel.routes import Skip, route_of
 from ..errors import ConfigError, UnsupportedModelError
 from .activations import ELEMENTWISE, NoDerivative, activation_of
 from .conv import EnsembleFlatten, EnsembleFold, FeedbackConvNd, StackedConvNd
 from .embedding import FeedbackEmbedding
 from .layers import FeedbackLinear, StackedLinear
+from . import recurrent
+from .recurrent import RECURRENT, FeedbackRecurrent
 
 # Normalisation layers: structural, their affine parameters learn by autograd's rule from the signal the
 # channel delivers at their output (docs/layers.md); refused on the product route (MIXING below).
@@ -34,9 +36,9 @@ STRUCTURAL = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 SITES = (FeedbackLinear, FeedbackConvNd, FeedbackEmbedding)
 CONVS = (nn.Conv1d, nn.Conv2d, StackedConvNd)   # what becomes a FeedbackConvNd (StackedConvNd: a conv ensemble)
-SUPPORTED = ("rbp.convert handles nn.Linear, nn.Conv1d and nn.Conv2d (any groups, zero padding) and nn.Embedding "
-             "layers, elementwise activations, Flatten, Dropout, max/average pooling, BatchNorm, LayerNorm, "
-             "RMSNorm and GroupNorm")
+SUPPORTED = ("rbp.convert handles nn.Linear, nn.Conv1d and nn.Conv2d (any groups, zero padding), nn.Embedding, "
+             "and nn.RNN, nn.GRU and nn.LSTM (unidirectional, proj_size=0) layers, elementwise activations, Flatten, "
+             "Dropout, max/average pooling, BatchNorm, LayerNorm, RMSNorm and GroupNorm")
 
 
 class LearningChannel:
@@ -91,7 +93,7 @@ def _weight_layers(model: nn.Module):
     """The model's linear and conv layers in registration order; refuse anything unsupported."""
     found, bad = [], []
     for name, mod in model.named_modules():
-        if isinstance(mod, SITES):
+        if isinstance(mod, SITES + (FeedbackRecurrent,)):
             raise ConfigError(f"layer {name or 'model'!r} is already converted; convert the original model")
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
             if mod.padding_mode != "zeros":
@@ -106,6 +108,9 @@ def _weight_layers(model: nn.Module):
                 found.append((name, mod))
         elif isinstance(mod, (nn.Linear, StackedLinear, StackedConvNd)):
             found.append((name, mod))
+        elif isinstance(mod, RECURRENT):
+            why = recurrent.unsupported_reason(mod)
+            (bad.append(f"{name or 'model'} ({type(mod).__name__} with {why})") if why else found.append((name, mod)))
         elif isinstance(mod, ELEMENTWISE + STRUCTURAL + CONTAINERS + (NoDerivative,)):
             continue
         elif any(True for _ in mod.parameters(recurse=False)) or any(True for _ in mod.buffers(recurse=False)):
@@ -116,7 +121,8 @@ def _weight_layers(model: nn.Module):
         raise UnsupportedModelError(
             "unsupported layer(s): " + ", ".join(bad) + "; " + SUPPORTED)
     if not found:
-        raise UnsupportedModelError("the model has no nn.Linear, nn.Conv1d, nn.Conv2d or nn.Embedding layer to train")
+        raise UnsupportedModelError("the model has no nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding or recurrent "
+                                    "layer to train")
     return found
 
 
@@ -277,6 +283,11 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     as an attribute (as :func:`rbp.models.cifar_convnet` does) gets the pass
     with a zero input of that shape when ``example_input`` is not given.
 
+    ``blocks`` (srbp only; module names, ``*`` for one name component) and
+    ``block_feedback`` ("bp" or "rbp") select SRBP's block mode: the output of
+    every named module receives C_k E^L, and the signal travels below it by the
+    chained route (docs/blocks.md, :mod:`rbp.nn.blocks`).
+
     ``member_algorithms`` (an ensemble model only: one algorithm or name per
     member) makes a *mixed* ensemble: members whose algorithms differ only in
     their initial state (feedback distribution, ``feedback_scale``,
@@ -291,6 +302,10 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     alg = make_algorithm(algorithm, **options)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
+    if alg.blocks:      # srbp's block mode: chained sites, C_k E^L at the blocks' outputs (nn/blocks.py)
+        from .blocks import convert_blocks
+        return convert_blocks(model, alg, seed=seed, output_size=output_size, example_input=example_input,
+                              inplace=inplace, member_algorithms=member_algorithms)
     if not inplace:
         model = copy.deepcopy(model)
     found = _weight_layers(model)
@@ -300,6 +315,7 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     layers, shapes = _discover(model, found, example_input)
     _check_embedding_options(alg, layers)
     _check_product_route(alg, model)
+    recurrent.check_options(alg, layers)
     ensembles = {getattr(m, "ensemble", None) for _, m in layers}
     if len(ensembles) > 1 and any(isinstance(m, nn.Embedding) for _, m in layers):
         _check_ensemble_layers(model, layers, max(e for e in ensembles if e))
@@ -315,7 +331,9 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
 
     sites = []
     for name, layer in layers:
-        if isinstance(layer, nn.Embedding):
+        if isinstance(layer, RECURRENT):
+            site = recurrent.convert_recurrent(layer)
+        elif isinstance(layer, nn.Embedding):
             site = FeedbackEmbedding.from_embedding(layer)
         elif isinstance(layer, CONVS):
             site = FeedbackConvNd.from_conv(layer)
@@ -335,13 +353,15 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
             if isinstance(mod, ELEMENTWISE) and name:
                 _set_module(model, name, NoDerivative(mod))
 
-    channel = LearningChannel(alg, Noise(seeds, ensemble=bool(ensemble)), sites, top_size)
+    # a recurrent module holds one site per weight matrix (nn/recurrent.py); the channel lists them all
+    flat = [s for site in sites for s in (site.rbp_sites if isinstance(site, FeedbackRecurrent) else (site,))]
+    channel = LearningChannel(alg, Noise(seeds, ensemble=bool(ensemble)), flat, top_size)
     for site in sites:
         site.channel = channel
     members = _member_algorithms(alg, member_algorithms, ensemble, model)
     with torch.no_grad():
         if members is None and alg.init_scale != 1.0:
-            for site in sites:
+            for site in flat:
                 site.weight.mul_(alg.init_scale)
         for k, a in enumerate(members or ()):
             if a.init_scale != 1.0:
@@ -367,6 +387,9 @@ def _resolve_units(alg: Algorithm, model: nn.Module) -> Algorithm:
         return alg
     names, unknown = set(), set()
     for _, mod in model.named_modules():
+        if isinstance(mod, RECURRENT):     # the cell's units (GRU, LSTM: tanh; their sigmoids are gates)
+            names.add("relu" if mod.mode == "RNN_RELU" else "tanh")
+            continue
         inner = mod.inner if isinstance(mod, NoDerivative) else mod
         if isinstance(inner, ELEMENTWISE):
             act = activation_of(inner)
@@ -402,7 +425,7 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Se
                    n_top: int | None = None):
     """Draw every site's feedback, as its route says; ``members`` gives each ensemble member its own
     initial-state fields.  A skip matrix whose width is not known yet (a conv layer's input map
-    without ``example_input``) is drawn at the site's first forward pass (:class:`_LazySkip`)."""
+    without ``example_input``) is drawn at the site's first forward pass (:class:`_LazyFeedback`)."""
     if not alg.random_feedback:
         return
     route = route_of(alg)
@@ -415,6 +438,13 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Se
     for i, site in enumerate(sites):
         if isinstance(site, FeedbackEmbedding):
             continue  # its input is indices: nothing travels below an embedding, so it holds no feedback
+        if isinstance(site, FeedbackRecurrent):   # draws its own matrices (nn/recurrent.py)
+            site.init_feedback(lambda s, shape, ch, sign_of: _members(specs, shape, gens, s, ch, sign_of, ensemble,
+                                                                       scales),
+                               specs, chained=route.chained, first=i == 0,
+                               skip_rows=route._reads(sites, i, n_top) if isinstance(route, Skip) else None,
+                               adaptive=route.feedback_adaptive, check=lambda f, w: _check_sparse(specs, f, w))
+            continue
         shape = route.feedback_shape(sites, i, n_top)
         if shape is None:
             fed = route.fed_feedback_shape(sites, i, n_top) if i == 0 else None

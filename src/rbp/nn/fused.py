@@ -47,6 +47,8 @@ class FusedNetwork:
         """The stages of ``model``, or None when the fused driver cannot run it."""
         if not isinstance(model, nn.Sequential):
             return None
+        if getattr(getattr(model, "rbp_channel", None), "blocks", None) is not None:
+            return None        # srbp's block mode lives in forward hooks (rbp.nn.blocks): autograd driver
         stages: list[_Stage] = []
         for mod in model:
             if isinstance(mod, FeedbackLinear):
@@ -76,17 +78,11 @@ class FusedNetwork:
         return h
 
     @torch.no_grad()
-    def backward(self, grad_logits: torch.Tensor, cache: list, *, probe: bool = False):
-        """Run the learning channel from dLoss/dS^L down.
-
-        Fills every parameter's ``.grad``; with ``probe=True`` (diagnostics) it
-        assigns nothing, draws no noise, and returns, per stage, the signal the
-        site received (dLoss/dS^h) and its weight gradient.
-        """
-        pas = Pass(probe=probe)
+    def backward(self, grad_logits: torch.Tensor, cache: list):
+        """Run the learning channel from dLoss/dS^L down; fills every parameter's ``.grad``."""
+        pas = Pass()
         for st in self.stages:
             pas.enter(st.site)
-        received, weight_grads = [None] * len(self.stages), [None] * len(self.stages)
         g = grad_logits
         for i in range(len(self.stages) - 1, -1, -1):
             st = self.stages[i]
@@ -94,36 +90,18 @@ class FusedNetwork:
             x_in = cache[i][0]
             fbk = site.feedback
             adapt = isinstance(fbk, nn.Parameter) and fbk.requires_grad
-            needs = (i > 0, site.weight.requires_grad or probe,
-                     site.bias is not None and site.bias.requires_grad and not probe, adapt and not probe)
-            received[i] = g
+            needs = (i > 0, site.weight.requires_grad, site.bias is not None and site.bias.requires_grad, adapt)
             J, gW, gb, gF = site_backward(site, pas, i, g, x_in, site.weight, fbk, needs)
-            weight_grads[i] = gW
-            if not probe:
-                site.weight.grad = gW
-                if site.bias is not None:
-                    site.bias.grad = gb
-                if adapt:
-                    fbk.grad = gF
+            site.weight.grad = gW
+            if site.bias is not None:
+                site.bias.grad = gb
+            if adapt:
+                fbk.grad = gF
             if J is None:
                 g = None
                 continue
             below = self.stages[i - 1]
             g = below.act.backward(J, cache[i - 1][1]) if below.derivative else J
-        return received, weight_grads
-
-    @torch.no_grad()
-    def true_gradient(self, grad_logits: torch.Tensor, cache: list):
-        """Backpropagation's deltas B^h = dLoss/dS^h and weight gradients, for comparison."""
-        deltas, weight_grads = [None] * len(self.stages), [None] * len(self.stages)
-        g = grad_logits
-        for i in range(len(self.stages) - 1, -1, -1):
-            site = self.stages[i].site
-            deltas[i] = g
-            weight_grads[i] = site.grad_weight(g, cache[i][0])
-            if i > 0:
-                g = self.stages[i - 1].act.backward(site.grad_input(g, site.weight, None), cache[i - 1][1])
-        return deltas, weight_grads
 
     def step_gradients(self, x: torch.Tensor, y: torch.Tensor):
         """Forward, softmax cross-entropy, learning channel.  Returns the logits (detached)."""

@@ -38,23 +38,22 @@ import torch
 import torch.nn as nn
 
 
-class Site(nn.Module, metaclass=abc.ABCMeta):
-    """Abstract base of every layer served by the learning channel (see the module docstring)."""
+class SiteInterface(abc.ABC):
+    """What the learning channel needs of a weight matrix (see the module docstring).
 
-    kind = "weight"                 # a short name for messages ("linear", "conv")
+    :class:`Site` is this interface as a module holding its own ``weight``, ``bias``
+    and ``feedback``.  A module that keeps several matrices under fixed names (a
+    recurrent layer's ``weight_ih_l0`` and ``weight_hh_l0``) implements this
+    interface with one small object per matrix that reads them off the module.
+    """
+
+    kind = "weight"                 # a short name for messages ("linear", "conv", "recurrent")
     per_synapse_defined = False     # observation 7's per-synapse feedback has a meaning here
     can_be_skip_top = False         # may be the output layer whose error the skipped route projects
     skip_sign_defined = False       # the product of forward matrices above it is a matrix (congruent SRBP)
 
     channel = None                  # the shared LearningChannel (set by rbp.convert); None: plain autograd
     ensemble = None                 # None, or K networks side by side
-
-    def _init_site_state(self):
-        """Declare the channel's state on a new site (call from ``__init__``)."""
-        self.register_buffer("feedback", None)
-        self.register_buffer("backward_weight", None)
-        self.channel = None
-        self._lazy_feedback = None
 
     # ------------------------------------------------------------------ declared algebra
     @abc.abstractmethod
@@ -114,10 +113,26 @@ class Site(nn.Module, metaclass=abc.ABCMeta):
         shape = J.shape[1:] if self.ensemble else J.shape
         return noise.keep_mask(shape, p, J.dtype, J.device)
 
-    # ------------------------------------------------------------------ state
     @property
     def algorithm(self):
         return self.channel.algorithm
+
+    @abc.abstractmethod
+    def set_feedback(self, tensor, adaptive: bool):
+        """Install the learning-channel tensor of this matrix as state of the model."""
+
+
+class Site(nn.Module, SiteInterface):
+    """Abstract base of every layer module served by the learning channel (see the module docstring)."""
+
+    def _init_site_state(self):
+        """Declare the channel's state on a new site (call from ``__init__``)."""
+        self.register_buffer("feedback", None)
+        self.register_buffer("backward_weight", None)
+        self.channel = None
+        self._lazy_feedback = None
+
+    # ------------------------------------------------------------------ state
 
     def set_feedback(self, tensor: torch.Tensor | None, adaptive: bool):
         """Install this layer's learning-channel tensor (as state of the model)."""
