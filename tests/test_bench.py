@@ -75,3 +75,15 @@ def test_bench_convnet_on_real_cifar10_reports_ratios(capsys):
     assert out["model"] == "convnet" and out["steps_per_epoch"] == 391 and out["data"] == "cifar10"
     assert out["ratio_srbp_vs_reference"] > 0 and out["ratio_reference_cl_vs_reference"] > 0
     assert 0 < out["data_seconds_per_step"] < 1
+
+
+def test_graph_bench_times_the_converted_model_against_the_same_plain_model():
+    from rbp.bench import graph_model, run_graph_bench
+    out = run_graph_bench("transformer", steps=1, repeats=1, algorithms=("rbp", "srbp"), log=lambda m: None)
+    assert set(out["results"]) == {"reference", "rbp", "srbp"}
+    for alg in ("rbp", "srbp"):
+        assert out[f"ratio_{alg}_vs_reference"] > 0 and out[f"cpu_ratio_{alg}_vs_reference"] > 0
+    names = [n for n, _ in graph_model("transformer").named_parameters()]
+    assert "encoder.layers.0.self_attn.in_proj_weight" in names
+    assert sum(p.numel() for p in graph_model("wide-mlp").parameters()) == 784 * 2048 + 3 * 2048 ** 2 + 2048 * 10 \
+        + 4 * 2048 + 10

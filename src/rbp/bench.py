@@ -263,31 +263,38 @@ def run_graph_bench(model: str, steps=10, repeats=5, algorithms=("bp", "rbp", "s
     for runner in variants.values():      # warm up (and size anything lazy)
         runner.run(2)
     times = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
     for r in range(repeats):
         for name, runner in variants.items():
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             runner.run(steps)
             _sync(device)
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
         log(f"repeat {r + 1}/{repeats} done")
     batch = GRAPH_SHAPES[model][1]
     results = {name: {"algorithm": "bp" if name == "reference" else name, "ensemble": 1,
-                      "seconds_per_step": statistics.median(t) / steps} for name, t in times.items()}
+                      "seconds_per_step": statistics.median(t) / steps,
+                      "cpu_seconds_per_step": statistics.median(cpu[name]) / steps} for name, t in times.items()}
     ref = results["reference"]["seconds_per_step"]
+    ref_cpu = results["reference"]["cpu_seconds_per_step"]
     out = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "machine": platform.processor() or platform.machine(), "steps": steps, "repeats": repeats,
            "model": model, "batch": batch, "results": results}
     for alg in algorithms:
         out[f"ratio_{alg}_vs_reference"] = results[alg]["seconds_per_step"] / ref
+        out[f"cpu_ratio_{alg}_vs_reference"] = results[alg]["cpu_seconds_per_step"] / ref_cpu
     return out
 
 
 def _graph_table(out) -> str:
     ref = out["results"]["reference"]["seconds_per_step"]
-    lines = [f"{'variant':12s} {'ms/step':>9s} {'vs reference':>13s}"]
+    ref_cpu = out["results"]["reference"]["cpu_seconds_per_step"]
+    lines = [f"{'variant':12s} {'ms/step':>9s} {'vs reference':>13s} {'CPU ms/step':>12s} {'CPU vs ref':>11s}"]
     for name, r in out["results"].items():
-        lines.append(f"{name:12s} {1000 * r['seconds_per_step']:9.2f} {r['seconds_per_step'] / ref:12.3f}x")
+        lines.append(f"{name:12s} {1000 * r['seconds_per_step']:9.2f} {r['seconds_per_step'] / ref:12.3f}x "
+                     f"{1000 * r['cpu_seconds_per_step']:12.2f} {r['cpu_seconds_per_step'] / ref_cpu:10.3f}x")
     lines.append(f"{out['model']}, minibatch {out['batch']}, autograd path (rbp.convert + torch.optim.SGD); "
                  f"torch {out['torch']}, {out['threads']} threads, device {out['device']}")
     return "\n".join(lines)

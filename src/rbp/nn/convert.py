@@ -17,6 +17,7 @@ from ..channel.mirror import mirror_step
 from ..channel.noise import Noise, generator
 from ..channel.routes import Skip, route_of
 from ..errors import ConfigError, UnsupportedModelError
+from . import attention
 from .activations import ELEMENTWISE, NoDerivative, activation_of
 from .conv import EnsembleFlatten, EnsembleFold, FeedbackConvNd, StackedConvNd
 from .embedding import FeedbackEmbedding
@@ -33,12 +34,13 @@ NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)
 STRUCTURAL = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Softmax, nn.LogSoftmax,
               nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
               nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, *NORMS, EnsembleFold, EnsembleFlatten)
-CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-SITES = (FeedbackLinear, FeedbackConvNd, FeedbackEmbedding)
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict) + attention.TRANSFORMER_CONTAINERS
+SITES = (FeedbackLinear, FeedbackConvNd, FeedbackEmbedding, attention.FeedbackMultiheadAttention)
 CONVS = (nn.Conv1d, nn.Conv2d, StackedConvNd)   # what becomes a FeedbackConvNd (StackedConvNd: a conv ensemble)
 SUPPORTED = ("rbp.convert handles nn.Linear, nn.Conv1d and nn.Conv2d (any groups, zero padding), nn.Embedding, "
-             "and nn.RNN, nn.GRU and nn.LSTM (unidirectional, proj_size=0) layers, elementwise activations, Flatten, "
-             "Dropout, max/average pooling, BatchNorm, LayerNorm, RMSNorm and GroupNorm")
+             "nn.MultiheadAttention and torch's Transformer layers, and nn.RNN, nn.GRU and nn.LSTM (unidirectional, "
+             "proj_size=0) layers, elementwise activations, Flatten, Dropout, max/average pooling, BatchNorm, "
+             "LayerNorm, RMSNorm and GroupNorm")
 
 
 class LearningChannel:
@@ -106,7 +108,7 @@ def _weight_layers(model: nn.Module):
                 bad.append(f"{name or 'model'} (Embedding with {what})")
             else:
                 found.append((name, mod))
-        elif isinstance(mod, (nn.Linear, StackedLinear, StackedConvNd)):
+        elif isinstance(mod, (nn.Linear, StackedLinear, StackedConvNd) + attention.ATTENTION):
             found.append((name, mod))
         elif isinstance(mod, RECURRENT):
             why = recurrent.unsupported_reason(mod)
@@ -148,6 +150,8 @@ def _discover(model, layers, example_input):
     def hook(mod, inputs, output, name):
         order.append(name)
         shapes.setdefault(name, tuple(inputs[0].shape[1:]))
+        if isinstance(mod, attention.ATTENTION):   # torch's attention uses out_proj's weights, not the module
+            order.append(f"{name}.out_proj" if name else "out_proj")
 
     hooks = [m.register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n, m in layers]
     modes = {m: m.training for m in model.modules()}
@@ -263,6 +267,8 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     activations, Flatten, Dropout, pooling and the norms (BatchNorm, LayerNorm,
     RMSNorm, GroupNorm) pass the channel's signal by autograd's backward, and the
     norms' affine parameters learn from it (docs/conv.md, docs/layers.md).
+    ``nn.MultiheadAttention`` (and so torch's Transformer layers) has its
+    projections as sites and the attention itself as structure (docs/transformers.md).
 
     Paper 2's options (docs/symmetries.md): ``backward_nonlinearity`` (the
     learning channel's units; ``"same"`` is resolved here to the forward units'
@@ -316,6 +322,7 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     _check_embedding_options(alg, layers)
     _check_product_route(alg, model)
     recurrent.check_options(alg, layers)
+    attention.check(alg, model, layers)
     ensembles = {getattr(m, "ensemble", None) for _, m in layers}
     if len(ensembles) > 1 and any(isinstance(m, nn.Embedding) for _, m in layers):
         _check_ensemble_layers(model, layers, max(e for e in ensembles if e))
@@ -331,6 +338,11 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
 
     sites = []
     for name, layer in layers:
+        if isinstance(layer, attention.ATTENTION):     # its out_proj follows as a linear layer
+            site = attention.convert_attention(layer)
+            _set_module(model, name, site)
+            sites.extend(site.sites())
+            continue
         if isinstance(layer, RECURRENT):
             site = recurrent.convert_recurrent(layer)
         elif isinstance(layer, nn.Embedding):
@@ -385,7 +397,7 @@ def _resolve_units(alg: Algorithm, model: nn.Module) -> Algorithm:
     """``backward_nonlinearity="same"``: the transfer function of the model's own hidden units."""
     if alg.backward_nonlinearity != "same":
         return alg
-    names, unknown = set(), set()
+    names, unknown = attention.functional_units(model)
     for _, mod in model.named_modules():
         if isinstance(mod, RECURRENT):     # the cell's units (GRU, LSTM: tanh; their sigmoids are gates)
             names.add("relu" if mod.mode == "RNN_RELU" else "tanh")

@@ -93,6 +93,7 @@ class LinearOps:
         """C E^L at the input.  An error per example reaching an input with positions
         (x of shape (B, T, ..., in), error (B, N_L)) gives every position the same
         projection, as the true gradient of a mean-pooled readout does."""
+        error = self._error_for(error, x)
         J = error @ matrix
         if J.shape == x.shape:
             return J
@@ -101,8 +102,18 @@ class LinearOps:
             return J.reshape(*J.shape[:lead], *([1] * (x.dim() - J.dim())), J.shape[-1]).expand(x.shape)
         return J.reshape(x.shape)
 
+    def _error_for(self, error, x):
+        """An error per position that does not match the input's positions (a decoder's T target
+        tokens reaching the S memory tokens): the example's summed error, for every position."""
+        lead = 2 if self.ensemble else 1
+        if error.dim() == x.dim() and error.dim() > lead + 1 and error.shape[:-1] != x.shape[:-1] \
+                and error.shape[:lead] == x.shape[:lead]:
+            return error.sum(dim=tuple(range(lead, error.dim() - 1)))
+        return error
+
     def grad_skip(self, error, x):
         """dLoss/dC for ASRBP: E^L (O^h)^T in C's orientation (summed over positions, see :meth:`skip`)."""
+        error = self._error_for(error, x)
         lead = error.dim() - 1
         if x.dim() > error.dim() and tuple(x.shape[:lead]) == tuple(error.shape[:lead]):
             x = x.sum(dim=tuple(range(lead, x.dim() - 1)))
