@@ -193,8 +193,8 @@ def test_state_dict_round_trip_includes_feedback(alg):
         assert any("feedback" in n for n, _ in m.named_parameters())
 
 
-@pytest.mark.parametrize("layer", [nn.Conv1d(4, 4, 1), nn.LSTM(4, 4, bidirectional=True), nn.Embedding(5, 4), nn.Bilinear(4, 4, 4),
-                                   nn.Conv2d(4, 4, 1, groups=2)])
+@pytest.mark.parametrize("layer", [nn.Conv3d(4, 4, 1), nn.LSTM(4, 4, bidirectional=True), nn.EmbeddingBag(5, 4),
+                                   nn.Bilinear(4, 4, 4), nn.Conv1d(4, 4, 1, padding_mode="circular")])
 def test_unsupported_layers_are_named(layer):
     model = nn.Sequential(nn.Linear(4, 4), layer, nn.Linear(4, 2))
     with pytest.raises(rbp.UnsupportedModelError) as e:

@@ -413,8 +413,8 @@ def test_convert_custom_module_with_nested_submodules_batchnorm_and_dropout():
 @pytest.mark.parametrize("layer,name", [
     (nn.ConvTranspose2d(4, 4, 1), "ConvTranspose2d"), (nn.Conv3d(4, 4, 1), "Conv3d"),
     (nn.Upsample(scale_factor=1), "Upsample"), (nn.LocalResponseNorm(2), "LocalResponseNorm"),
-    (nn.Conv2d(4, 4, 1, groups=4), "groups=4"), (nn.Conv2d(4, 4, 1, padding_mode="reflect"), "reflect"),
-    (nn.InstanceNorm2d(4, affine=True), "InstanceNorm2d"),
+    (nn.Conv2d(4, 4, 1, padding_mode="circular"), "circular"), (nn.Conv2d(4, 4, 1, padding_mode="reflect"), "reflect"),
+    (nn.InstanceNorm2d(4, affine=True), "InstanceNorm2d"),   # grouped convs and LayerNorm are served (test_layers_more.py)
 ])
 def test_unsupported_layers_are_named(layer, name):
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), layer, nn.Flatten(), nn.Linear(16, 2))

@@ -1,9 +1,10 @@
 """How the learning channel attaches to torch modules."""
 
 from .activations import ACTIVATIONS, NoDerivative
-from .conv import ConvOps, FeedbackConv2d, use_channels_last
+from .conv import ConvOps, FeedbackConv1d, FeedbackConv2d, FeedbackConvNd, use_channels_last
 from .convert import LearningChannel, convert
+from .embedding import FeedbackEmbedding
 from .layers import FeedbackLinear, StackedLinear
 
 __all__ = ["ACTIVATIONS", "NoDerivative", "LearningChannel", "convert", "FeedbackLinear", "StackedLinear",
-           "ConvOps", "FeedbackConv2d", "use_channels_last"]
+           "ConvOps", "FeedbackConvNd", "FeedbackConv1d", "FeedbackConv2d", "FeedbackEmbedding", "use_channels_last"]

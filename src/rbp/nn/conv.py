@@ -1,6 +1,7 @@
-"""Convolutional sites: ``nn.Conv2d`` layers served by the learning channel.
+"""Convolutional sites: ``nn.Conv1d`` and ``nn.Conv2d`` layers served by the learning channel.
 
-:class:`FeedbackConv2d` is to ``nn.Conv2d`` what :class:`~rbp.nn.layers.FeedbackLinear`
+:class:`FeedbackConvNd` (with the named forms :class:`FeedbackConv1d` and
+:class:`FeedbackConv2d`) is to a convolution what :class:`~rbp.nn.layers.FeedbackLinear`
 is to ``nn.Linear``: its forward pass is the ordinary convolution, run inside the
 same autograd ``Function`` (``_SiteFunction``), and its backward pass is the one
 learning-channel step :func:`rbp.channel.backward.site_backward`.  That function only
@@ -8,8 +9,11 @@ calls the tensor algebra below (:class:`ConvOps`), so every algorithm, feedback
 distribution and operator of the engine reaches conv layers without conv-specific
 code in the channel.  See ``docs/conv.md``.
 
-Layouts (single network): input x (B, C, H, W), kernel W (O, C, kh, kw),
-signal g = dLoss/dS of shape (B, O, H', W').
+Layouts (single network, 2-D): input x (B, C, H, W), kernel W (O, C/G, kh, kw)
+with G = ``groups``, signal g = dLoss/dS of shape (B, O, H', W').  A 1-D site is
+the same algebra with one spatial dimension (x (B, C, L), W (O, C/G, k)), and a
+grouped or depthwise convolution is the same algebra with G > 1: one code path,
+parameterised by the number of spatial dimensions and the groups.
 
 * chained routes (BP, RBP, ARBP, SBP): the feedback is a *kernel* of W's shape and
   the signal travels down as the transposed convolution with it
@@ -21,8 +25,8 @@ signal g = dLoss/dS of shape (B, O, H', W').
 
 Ensembles (``ensemble=K``): K networks of the same shape side by side in the
 *channels*.  Maps have the layout (B, K*C, H, W), member k owning channels
-k*C .. (k+1)*C - 1; the kernel is (K, O, C, kh, kw) and every convolution is one
-grouped convolution with groups=K.  Pooling and elementwise functions work per
+k*C .. (k+1)*C - 1; the kernel is (K, O, C/G, kh, kw) and every convolution is one
+grouped convolution with K*G groups (group g of member k is group k*G + g).  Pooling and elementwise functions work per
 channel, so they serve the members without knowing about them.
 :class:`EnsembleFold` turns the trainer's (K, B, C, H, W) input into that layout
 and :class:`EnsembleFlatten` turns a map into the (K, B, C*H*W) rows that
@@ -37,7 +41,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.grad import conv2d_input, conv2d_weight
+from torch.nn.grad import conv1d_input, conv1d_weight, conv2d_input, conv2d_weight
 
 from ..channel import feedback as fb
 from ..channel.quantize import quantize
@@ -81,11 +85,12 @@ def kernel_glorot_std(shape) -> float:
 
 def sample_kernel(spec: fb.FeedbackSpec, shape, *, generator=None, forward_sign=None,
                   dtype=torch.float32, device=None) -> torch.Tensor:
-    """A random feedback kernel of ``shape`` (O, C, kh, kw) for the chained routes.
+    """A random feedback kernel of ``shape`` (O, C/G, *k) for the chained routes (G = groups).
 
-    The kernel is drawn as the (O, C*kh*kw) matrix whose rows are what one sending
-    unit of the conv output map sends back to its receptive field, so the
-    backward fan-out is C*kh*kw (sparse-N: Bernoulli(N / (C*kh*kw)) entries,
+    The kernel is drawn as the (O, C/G*prod(k)) matrix whose rows are what one sending
+    unit of the conv output map sends back to its receptive field (which lies in
+    its own group's channels), so the backward fan-out is C/G*prod(k), one group's
+    (sparse-N: Bernoulli(N / (C/G*prod(k))) entries,
     scaled by 1/N as chained sparse RBP is).  Dense distributions get the
     kernel's Glorot variance (:func:`kernel_glorot_std`), like the forward kernels.
     """
@@ -98,29 +103,40 @@ def sample_kernel(spec: fb.FeedbackSpec, shape, *, generator=None, forward_sign=
     return t.reshape(shape)
 
 
-class ConvOps:
-    """The tensor algebra of a 2-D convolutional site, single network or ensemble.
+_GRAD = {1: (conv1d_input, conv1d_weight), 2: (conv2d_input, conv2d_weight)}
+_CONV = {1: F.conv1d, 2: F.conv2d}
 
-    Needs ``weight``, ``bias``, ``stride``, ``padding``, ``dilation``,
-    ``ensemble`` (None or K) and ``channel`` on the instance.
+
+class ConvOps:
+    """The tensor algebra of a 1-D or 2-D, possibly grouped, convolutional site (single network or ensemble).
+
+    Needs ``weight``, ``bias``, ``stride``, ``padding``, ``dilation``, ``groups``,
+    ``dim`` (spatial dimensions, 1 or 2), ``ensemble`` (None or K) and ``channel``
+    on the instance.  Every convolution runs with ``(ensemble or 1) * groups`` groups.
     """
 
     ensemble = None
+    groups = 1
+    dim = 2
 
     # ------------------------------------------------------------ ensemble layout helpers
     def _flat(self, t):
         """(K, O, ...) per-member tensor -> (K*O, ...) for a grouped convolution."""
         return t.flatten(0, 1) if self.ensemble and t is not None else t
 
+    @property
+    def _all_groups(self) -> int:
+        return (self.ensemble or 1) * self.groups
+
     def to_members(self, t):
-        """A map (B, K*C, H, W) -> (K, B, C, H, W) (a view); unchanged for a single network."""
+        """A map (B, K*C, ...) -> (K, B, C, ...) (a view); unchanged for a single network."""
         if not self.ensemble:
             return t
         B, KC = t.shape[:2]
         return t.view(B, self.ensemble, KC // self.ensemble, *t.shape[2:]).transpose(0, 1)
 
     def from_members(self, t):
-        """(K, B, C, H, W) -> the map (B, K*C, H, W); unchanged for a single network."""
+        """(K, B, C, ...) -> the map (B, K*C, ...); unchanged for a single network."""
         if not self.ensemble:
             return t
         K, B, C = t.shape[:3]
@@ -132,18 +148,19 @@ class ConvOps:
             return tuple(x.shape)
         return (x.shape[0], x.shape[1] // self.ensemble, *x.shape[2:])
 
-    fold_members = from_members     # a per-member noise mask (K, B, C, H, W) -> the map's layout
+    fold_members = from_members     # a per-member noise mask (K, B, C, ...) -> the map's layout
 
     # ------------------------------------------------------------ the site algebra
     def affine(self, x, weight, bias):
-        return F.conv2d(x, self._flat(weight), self._flat(bias), self.stride, self.padding, self.dilation,
-                        self.ensemble or 1)
+        return _CONV[self.dim](x, self._flat(weight), self._flat(bias), self.stride, self.padding, self.dilation,
+                               self._all_groups)
 
     def output_shape(self, x) -> tuple:
         """Shape of the convolution's output for an input of x's shape."""
-        hw = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
-              zip(x.shape[-2:], self.padding, self.dilation, self.weight.shape[-2:], self.stride)]
-        return (x.shape[0], self.weight.shape[-4] * (self.ensemble or 1), *hw)
+        d = self.dim
+        sizes = [(n + 2 * p - dl * (k - 1) - 1) // s + 1 for n, p, dl, k, s in
+                 zip(x.shape[-d:], self.padding, self.dilation, self.weight.shape[-d:], self.stride)]
+        return (x.shape[0], self.weight.shape[-d - 2] * (self.ensemble or 1), *sizes)
 
     def rows(self, g) -> int:
         """Examples in the batch (per network)."""
@@ -155,16 +172,16 @@ class ConvOps:
             # small input rather than let oneDNN convert the large signal map back to NCHW
             x = x.contiguous(memory_format=torch.channels_last)
         shape = self._flat(self.weight).shape
-        return conv2d_weight(x, shape, g, self.stride, self.padding, self.dilation,
-                             self.ensemble or 1).view(self.weight.shape)
+        return _GRAD[self.dim][1](x, shape, g, self.stride, self.padding, self.dilation,
+                                  self._all_groups).view(self.weight.shape)
 
     def grad_bias(self, g):
-        gb = g.sum((0, 2, 3))
+        gb = g.sum((0, *range(2, g.dim())))
         return gb.view(self.ensemble, -1) if self.ensemble else gb
 
     def sample_feedback(self, spec, shape, *, chained, generator, forward_sign, dtype, device):
         """Random kernels for chained routes; 2-D skip matrices as for linear sites (one network's)."""
-        if chained and len(shape) == 4:
+        if chained and len(shape) == self.dim + 2:
             return sample_kernel(spec, shape, generator=generator, forward_sign=forward_sign,
                                  dtype=dtype, device=device)
         return fb.sample(spec, shape, chained=chained, generator=generator, forward_sign=forward_sign,
@@ -177,8 +194,8 @@ class ConvOps:
                 g = self.from_members(g.reshape(self.ensemble, out[0], -1, *out[2:]))
             else:
                 g = g.reshape(out)
-        return conv2d_input(x.shape, self._flat(matrix), g, self.stride, self.padding, self.dilation,
-                            self.ensemble or 1)
+        return _GRAD[self.dim][0](x.shape, self._flat(matrix), g, self.stride, self.padding, self.dilation,
+                                  self._all_groups)
 
     def skip(self, error, matrix, x):
         per_member = x[0].numel() // (self.ensemble or 1)
@@ -194,7 +211,7 @@ class ConvOps:
     def grad_skip(self, error, x):
         """dLoss/dD for ASRBP: E^L (O^h)^T, O^h the flattened input map, in D's orientation."""
         xm = self.to_members(x)
-        return error.transpose(-1, -2) @ xm.reshape(*xm.shape[:-3], -1)
+        return error.transpose(-1, -2) @ xm.flatten(-self.dim - 1)
 
     def per_example_update(self, g, x, alpha, bits, scale, flush=False):
         """(1/scale) sum_n Q(scale * dW_n): each example's kernel update quantized (Eq. 19) before the sum.
@@ -202,21 +219,28 @@ class ConvOps:
         dW_n = sum over output positions p of g_n[:, p] (x_n's patch at p)^T: a kernel
         weight is one synapse shared by all positions, so an example's update of it
         is the sum over positions, and that sum is what is quantized.  Formed from
-        ``F.unfold`` patches, in chunks of examples; for an ensemble the patches of
-        the K members are split off the unfolded channels (member-major, as unfold
-        orders them) and each member's update is its own matmul in the batch.
+        ``F.unfold`` patches (a 1-D map is a 2-D map of height 1), in chunks of
+        examples.  ``unfold`` orders the patch rows group-major (channel, then kernel
+        position), so the patches of the K*G groups (an ensemble's members, and each
+        member's groups) are split off the unfolded channels, and each group's
+        update is its own matmul in the batch.
         """
-        K = self.ensemble or 1
+        G = self._all_groups
         B = g.shape[0]
-        O = self.weight.shape[-4]
-        k = self.weight.shape[-2:]
-        g4 = g.reshape(B, K, O, -1) * scale                       # (B, K, O, P)
-        patch = (x.shape[1] // K) * math.prod(k)
-        gW = g.new_zeros(K, O, patch)
-        step = max(1, _CHUNK_ELEMENTS // max(1, K * patch * max(O, g4.shape[-1])))
+        O = self.weight.shape[-self.dim - 2]
+        k = tuple(self.weight.shape[-self.dim:])
+        stride, padding, dilation = self.stride, self.padding, self.dilation
+        if self.dim == 1:   # as a 2-D convolution over maps of height 1
+            x = x.unsqueeze(-2)
+            k, stride, padding, dilation = (1, *k), (1, *stride), (0, *padding), (1, *dilation)
+        O_g = O * (self.ensemble or 1) // G                         # output channels per group
+        g4 = g.reshape(B, G, O_g, -1) * scale                       # (B, K*G, O/G, P)
+        patch = (x.shape[1] // G) * math.prod(k)
+        gW = g.new_zeros(G, O_g, patch)
+        step = max(1, _CHUNK_ELEMENTS // max(1, G * patch * max(O_g, g4.shape[-1])))
         for i in range(0, B, step):
-            cols = F.unfold(x[i:i + step], k, self.dilation, self.padding, self.stride)   # (n, K*C*kh*kw, P)
-            cols = cols.view(cols.shape[0], K, patch, -1)
+            cols = F.unfold(x[i:i + step], k, dilation, padding, stride)   # (n, K*C*kh*kw, P)
+            cols = cols.view(cols.shape[0], G, patch, -1)
             gW += quantize(torch.matmul(g4[i:i + step], cols.transpose(-1, -2)), alpha, bits, flush).sum(0)
         gb = None
         if self.bias is not None:
@@ -224,26 +248,38 @@ class ConvOps:
         return gW.view(self.weight.shape).div_(scale), gb
 
 
-class FeedbackConv2d(ConvOps, Site):
-    """An ``nn.Conv2d`` (groups=1, zero padding) trained by the learning channel.
 
-    Attributes: ``weight`` (O, C, kh, kw), or (K, O, C, kh, kw) with
+def _tuple(value, dim) -> tuple:
+    return nn.modules.utils._ntuple(dim)(value)
+
+
+class FeedbackConvNd(ConvOps, Site):
+    """An ``nn.Conv1d`` or ``nn.Conv2d`` (any ``groups``, zero padding) trained by the learning channel.
+
+    One class for both: ``dim`` is the number of spatial dimensions (use the
+    named forms :class:`FeedbackConv1d` and :class:`FeedbackConv2d`).
+    Attributes: ``weight`` (O, C/groups, *k), or (K, O, C/groups, *k) with
     ``ensemble=K``; ``bias``; ``feedback``: a kernel of ``weight``'s shape for
     chained routes, a matrix ([K,] N_L, C*H*W) for the skipped route (C, H, W one
     network's input map), or ``None`` (first layer, symmetric feedback,
-    top-layer-only).  An ensemble site takes and gives maps (B, K*C, H, W).
+    top-layer-only).  An ensemble site takes and gives maps (B, K*C, ...).
     """
 
+    dim = 2
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
-                 ensemble=None, device=None, dtype=None):
+                 ensemble=None, device=None, dtype=None, groups=1):
         super().__init__()
-        pair = nn.modules.utils._pair
-        self.in_channels, self.out_channels, self.ensemble = in_channels, out_channels, ensemble
-        self.kernel_size, self.stride = pair(kernel_size), pair(stride)
-        self.padding, self.dilation = pair(padding), pair(dilation)
+        d = self.dim
+        if in_channels % groups or out_channels % groups:
+            raise ConfigError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
+                              f"by groups ({groups})")
+        self.in_channels, self.out_channels, self.ensemble, self.groups = in_channels, out_channels, ensemble, groups
+        self.kernel_size, self.stride = _tuple(kernel_size, d), _tuple(stride, d)
+        self.padding, self.dilation = _tuple(padding, d), _tuple(dilation, d)
         kw = dict(device=device, dtype=dtype)
         lead = (ensemble,) if ensemble else ()
-        self.weight = nn.Parameter(torch.empty(*lead, out_channels, in_channels, *self.kernel_size, **kw))
+        self.weight = nn.Parameter(torch.empty(*lead, out_channels, in_channels // groups, *self.kernel_size, **kw))
         self.bias = nn.Parameter(torch.zeros(*lead, out_channels, **kw)) if bias else None
         self._init_site_state()
         self.input_shape = None   # one network's (C, H, W) input map, when known (needed by the skipped route)
@@ -261,74 +297,109 @@ class FeedbackConv2d(ConvOps, Site):
         return self.fold_members(noise.keep_mask(self.member_shape(J), p, J.dtype, J.device))
 
     @classmethod
-    def from_conv(cls, conv) -> "FeedbackConv2d":
-        """A site sharing the weight and bias Parameters of an ``nn.Conv2d`` or a :class:`StackedConv2d`.
+    def from_conv(cls, conv) -> "FeedbackConvNd":
+        """A site sharing the weight and bias Parameters of an ``nn.Conv1d``, ``nn.Conv2d`` or a stacked conv.
 
-        Refuses what it cannot serve.
+        Refuses what it cannot serve (padding modes other than zeros, asymmetric 'same' padding).
         """
-        if isinstance(conv, StackedConv2d):
-            site = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                       conv.dilation, bias=conv.bias is not None, ensemble=conv.ensemble,
-                       device=conv.weight.device, dtype=conv.weight.dtype)
+        site_cls = {1: FeedbackConv1d, 2: FeedbackConv2d}[len(conv.kernel_size)]
+        kind = type(conv).__name__
+        if isinstance(conv, StackedConvNd):
+            site = site_cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                            conv.dilation, bias=conv.bias is not None, ensemble=conv.ensemble,
+                            device=conv.weight.device, dtype=conv.weight.dtype, groups=conv.groups)
             site.weight, site.bias = conv.weight, conv.bias
             return site
-        if conv.groups != 1:
-            raise UnsupportedModelError(f"Conv2d with groups={conv.groups}: only groups=1 is supported")
         if conv.padding_mode != "zeros":
-            raise UnsupportedModelError(f"Conv2d with padding_mode={conv.padding_mode!r}: only 'zeros' is supported")
+            raise UnsupportedModelError(f"{kind} with padding_mode={conv.padding_mode!r}: only 'zeros' is supported")
         padding = conv.padding
         if isinstance(padding, str):
             if padding == "valid":
-                padding = (0, 0)
+                padding = (0,) * len(conv.kernel_size)
             else:  # "same" with stride 1: symmetric only for odd effective kernels
                 eff = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
                 if any(e % 2 for e in eff):
-                    raise UnsupportedModelError("Conv2d with padding='same' and an even kernel (asymmetric "
+                    raise UnsupportedModelError(f"{kind} with padding='same' and an even kernel (asymmetric "
                                                 "padding) is not supported; pad explicitly")
                 padding = tuple(e // 2 for e in eff)
-        site = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding, conv.dilation,
-                   bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+        site = site_cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding, conv.dilation,
+                        bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype,
+                        groups=conv.groups)
         site.weight = conv.weight
         site.bias = conv.bias
         return site
 
     def extra_repr(self):
         ens = f", ensemble={self.ensemble}" if self.ensemble else ""
+        grp = f", groups={self.groups}" if self.groups != 1 else ""
         alg = f", algorithm={self.channel.algorithm.describe()}" if self.channel is not None else ""
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}{ens}{alg}")
+                f"padding={self.padding}, dilation={self.dilation}{grp}, bias={self.bias is not None}{ens}{alg}")
 
 
-class StackedConv2d(ConvOps, nn.Module):
-    """K independent ``Conv2d`` layers as one grouped convolution (plain autograd; what
+class FeedbackConv1d(FeedbackConvNd):
+    """:class:`FeedbackConvNd` over one spatial dimension: the site of an ``nn.Conv1d``."""
+
+    dim = 1
+
+
+class FeedbackConv2d(FeedbackConvNd):
+    """:class:`FeedbackConvNd` over two spatial dimensions: the site of an ``nn.Conv2d``."""
+
+    dim = 2
+
+
+class StackedConvNd(ConvOps, nn.Module):
+    """K independent convolutions as one grouped convolution (plain autograd; what
     :func:`rbp.models.cifar_convnet` builds for ensembles before conversion).
 
-    ``weight`` (K, O, C, kh, kw); input (B, K*C, H, W), output (B, K*O, H', W').
+    ``weight`` (K, O, C/groups, *k); input (B, K*C, ...), output (B, K*O, ...).
+    Use the named forms :class:`StackedConv1d` and :class:`StackedConv2d`.
     """
 
+    dim = 2
+
     def __init__(self, ensemble, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 bias=True, device=None, dtype=None):
+                 bias=True, device=None, dtype=None, groups=1):
         super().__init__()
         if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
             raise ConfigError(f"ensemble size must be a positive integer, got {ensemble!r}")
-        pair = nn.modules.utils._pair
-        self.ensemble, self.in_channels, self.out_channels = ensemble, in_channels, out_channels
-        self.kernel_size, self.stride = pair(kernel_size), pair(stride)
-        self.padding, self.dilation = pair(padding), pair(dilation)
+        if in_channels % groups or out_channels % groups:
+            raise ConfigError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
+                              f"by groups ({groups})")
+        d = self.dim
+        self.ensemble, self.in_channels, self.out_channels, self.groups = ensemble, in_channels, out_channels, groups
+        self.kernel_size, self.stride = _tuple(kernel_size, d), _tuple(stride, d)
+        self.padding, self.dilation = _tuple(padding, d), _tuple(dilation, d)
         kw = dict(device=device, dtype=dtype)
-        self.weight = nn.Parameter(torch.empty(ensemble, out_channels, in_channels, *self.kernel_size, **kw))
+        self.weight = nn.Parameter(torch.empty(ensemble, out_channels, in_channels // groups, *self.kernel_size,
+                                               **kw))
         self.bias = nn.Parameter(torch.zeros(ensemble, out_channels, **kw)) if bias else None
 
     def forward(self, x):
         return self.affine(x, self.weight, self.bias)
 
     def extra_repr(self):
+        grp = f", groups={self.groups}" if self.groups != 1 else ""
         return (f"ensemble={self.ensemble}, {self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}")
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}{grp}, "
+                f"bias={self.bias is not None}")
+
+
+class StackedConv1d(StackedConvNd):
+    """K independent ``Conv1d`` layers as one grouped convolution: input (B, K*C, L)."""
+
+    dim = 1
+
+
+class StackedConv2d(StackedConvNd):
+    """K independent ``Conv2d`` layers as one grouped convolution: input (B, K*C, H, W)."""
+
+    dim = 2
 
 
 class EnsembleFold(nn.Module):
-    """The ensemble's input (K, B, C, H, W) -> one map (B, K*C, H, W), member k in channels k*C ..
+    """The ensemble's input (K, B, C, H, W) or (K, B, C, L) -> one map (B, K*C, ...), member k in channels k*C ..
 
     Its backward is the inverse permutation; nothing learns here.
     """
@@ -338,9 +409,10 @@ class EnsembleFold(nn.Module):
         self.ensemble = ensemble
 
     def forward(self, x):
-        if x.dim() != 5 or x.shape[0] != self.ensemble:
+        if x.dim() not in (4, 5) or x.shape[0] != self.ensemble:
             raise ConfigError(f"an ensemble of {self.ensemble} conv networks takes inputs of shape "
-                              f"({self.ensemble}, batch, C, H, W), got {tuple(x.shape)}")
+                              f"({self.ensemble}, batch, C, H, W) or ({self.ensemble}, batch, C, L), "
+                              f"got {tuple(x.shape)}")
         K, B, C = x.shape[:3]
         return x.transpose(0, 1).reshape(B, K * C, *x.shape[3:])
 

@@ -19,21 +19,28 @@ from ..channel.routes import Skip, route_of
 from ..errors import ConfigError, UnsupportedModelError
 from . import attention
 from .activations import ELEMENTWISE, NoDerivative, activation_of
-from .conv import EnsembleFlatten, EnsembleFold, FeedbackConv2d, StackedConv2d
+from .conv import EnsembleFlatten, EnsembleFold, FeedbackConvNd, StackedConvNd
+from .embedding import FeedbackEmbedding
 from .layers import FeedbackLinear, StackedLinear
 from . import recurrent
 from .recurrent import RECURRENT, FeedbackRecurrent
 
+# Normalisation layers: structural, their affine parameters learn by autograd's rule from the signal the
+# channel delivers at their output (docs/layers.md); refused on the product route (MIXING below).
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)
 # Modules between weight layers whose backward is the ordinary one (autograd's): they route,
-# reshape, mask or normalise the signal the channel delivers (see docs/conv.md).  BatchNorm's own
+# reshape, mask or normalise the signal the channel delivers (see docs/conv.md).  The norms' own
 # affine parameters learn from that signal by autograd's rule.
 STRUCTURAL = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Softmax, nn.LogSoftmax,
               nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-              nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.BatchNorm1d, nn.BatchNorm2d,
-              EnsembleFold, EnsembleFlatten, nn.LayerNorm)
+              nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, *NORMS, EnsembleFold, EnsembleFlatten)
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict) + attention.TRANSFORMER_CONTAINERS
-SITES = (FeedbackLinear, FeedbackConv2d, attention.FeedbackMultiheadAttention)
-CONVS = (nn.Conv2d, StackedConv2d)        # what becomes a FeedbackConv2d (StackedConv2d: a conv ensemble)
+SITES = (FeedbackLinear, FeedbackConvNd, FeedbackEmbedding, attention.FeedbackMultiheadAttention)
+CONVS = (nn.Conv1d, nn.Conv2d, StackedConvNd)   # what becomes a FeedbackConvNd (StackedConvNd: a conv ensemble)
+SUPPORTED = ("rbp.convert handles nn.Linear, nn.Conv1d and nn.Conv2d (any groups, zero padding), nn.Embedding, "
+             "nn.MultiheadAttention and torch's Transformer layers, and nn.RNN, nn.GRU and nn.LSTM (unidirectional, "
+             "proj_size=0) layers, elementwise activations, Flatten, Dropout, max/average pooling, BatchNorm, "
+             "LayerNorm, RMSNorm and GroupNorm")
 
 
 class LearningChannel:
@@ -90,13 +97,18 @@ def _weight_layers(model: nn.Module):
     for name, mod in model.named_modules():
         if isinstance(mod, SITES + (FeedbackRecurrent,)):
             raise ConfigError(f"layer {name or 'model'!r} is already converted; convert the original model")
-        if isinstance(mod, nn.Conv2d):
-            if mod.groups != 1 or mod.padding_mode != "zeros":
-                what = f"groups={mod.groups}" if mod.groups != 1 else f"padding_mode={mod.padding_mode!r}"
-                bad.append(f"{name or 'model'} (Conv2d with {what})")
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+            if mod.padding_mode != "zeros":
+                bad.append(f"{name or 'model'} ({type(mod).__name__} with padding_mode={mod.padding_mode!r})")
             else:
                 found.append((name, mod))
-        elif isinstance(mod, (nn.Linear, StackedLinear, StackedConv2d) + attention.ATTENTION):
+        elif isinstance(mod, nn.Embedding):
+            what = "max_norm" if mod.max_norm is not None else "sparse=True" if mod.sparse else None
+            if what:
+                bad.append(f"{name or 'model'} (Embedding with {what})")
+            else:
+                found.append((name, mod))
+        elif isinstance(mod, (nn.Linear, StackedLinear, StackedConvNd) + attention.ATTENTION):
             found.append((name, mod))
         elif isinstance(mod, RECURRENT):
             why = recurrent.unsupported_reason(mod)
@@ -109,12 +121,10 @@ def _weight_layers(model: nn.Module):
             bad.append(f"{name} ({type(mod).__name__})")
     if bad:
         raise UnsupportedModelError(
-            "unsupported layer(s): " + ", ".join(bad)
-            + "; rbp.convert handles nn.Linear and nn.Conv2d (groups=1, zero padding) layers, elementwise "
-              "activations, Flatten, Dropout, max/average pooling, BatchNorm, LayerNorm, nn.MultiheadAttention "
-              "and torch's Transformer layers, and nn.RNN, nn.GRU and nn.LSTM (unidirectional, proj_size=0)")
+            "unsupported layer(s): " + ", ".join(bad) + "; " + SUPPORTED)
     if not found:
-        raise UnsupportedModelError("the model has no nn.Linear or nn.Conv2d layer to train")
+        raise UnsupportedModelError("the model has no nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding or recurrent "
+                                    "layer to train")
     return found
 
 
@@ -168,7 +178,13 @@ def _discover(model, layers, example_input):
 # is a nonlinear function of the whole batch, with no forward matrix to transpose (docs/conv.md).
 ROUTED = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
           nn.AdaptiveMaxPool2d, nn.Flatten, nn.Unflatten, EnsembleFlatten)
-MIXING = (nn.BatchNorm1d, nn.BatchNorm2d)
+MIXING = NORMS
+_MIXES = {nn.BatchNorm1d: "batch normalisation is a nonlinear function of the batch",
+          nn.BatchNorm2d: "batch normalisation is a nonlinear function of the batch",
+          nn.LayerNorm: "layer normalisation divides each example by its own standard deviation, a nonlinear map",
+          nn.RMSNorm: "RMS normalisation divides each example by its own root mean square, a nonlinear map",
+          nn.GroupNorm: "group normalisation divides each group of channels by its own standard deviation, "
+                        "a nonlinear map"}
 
 
 def _check_product_route(alg: Algorithm, model: nn.Module):
@@ -176,10 +192,29 @@ def _check_product_route(alg: Algorithm, model: nn.Module):
         return
     for name, mod in model.named_modules():
         if isinstance(mod, MIXING):
+            why = next(v for k, v in _MIXES.items() if isinstance(mod, k))
             raise ConfigError(f"{alg.name} is not supported with {type(mod).__name__} ({name}): its product "
-                              "route (SBP, twin network) skips the upper derivatives, and batch normalisation "
-                              "is a nonlinear function of the batch with no forward matrix to transpose "
-                              "(use bp, rbp or srbp)")
+                              f"route (SBP, twin network) skips the upper derivatives, and {why} "
+                              "with no forward matrix to transpose (use bp, rbp or srbp)")
+
+
+def _check_ensemble_layers(model: nn.Module, layers, ensemble):
+    """Refuse, in an ensemble model, the layers that cannot keep K members apart (one line each)."""
+    if not ensemble:
+        return
+    for name, mod in [*layers, *model.named_modules()]:
+        if isinstance(mod, nn.Embedding):
+            raise UnsupportedModelError(f"Embedding ({name}) in an ensemble model: one table would be shared by "
+                                        f"the {ensemble} members and rbp has no stacked embedding; train the "
+                                        "members one by one")
+        if isinstance(mod, (nn.LayerNorm, nn.RMSNorm)):
+            raise UnsupportedModelError(f"{type(mod).__name__} ({name}) in an ensemble model: its affine parameters "
+                                        f"(and, on a conv map, its statistics) would be shared by the {ensemble} "
+                                        "members; train the members one by one")
+        if isinstance(mod, nn.GroupNorm) and mod.num_groups % ensemble:
+            raise UnsupportedModelError(f"GroupNorm ({name}) with {mod.num_groups} groups in an ensemble of "
+                                        f"{ensemble}: a group would straddle two members' channels; use a "
+                                        f"multiple of {ensemble} groups (each member's groups side by side)")
 
 
 def _route_structure(alg: Algorithm, model: nn.Module, channel):
@@ -194,12 +229,21 @@ def _route_structure(alg: Algorithm, model: nn.Module, channel):
 def _declared_example(model, layers):
     """A zero input of the shape a conv model declares as ``model.input_shape`` (e.g. rbp.models.cifar_convnet)."""
     shape = getattr(model, "input_shape", None)
-    if not any(isinstance(m, CONVS) for _, m in layers) or not isinstance(shape, tuple) or len(shape) != 3 \
+    if not any(isinstance(m, CONVS) for _, m in layers) or not isinstance(shape, tuple) or len(shape) not in (2, 3) \
             or not all(isinstance(d, int) and d > 0 for d in shape):
         return None
     w = layers[0][1].weight
     K = getattr(layers[0][1], "ensemble", None)
     return torch.zeros(*((K,) if K else ()), 1, *shape, dtype=w.dtype, device=w.device)
+
+
+def _check_embedding_options(alg: Algorithm, layers):
+    """Refuse what the learning channel does not define for embeddings (one line)."""
+    emb = [n for n, m in layers if isinstance(m, nn.Embedding)]
+    if emb and alg.feedback.per_synapse and alg.random_feedback:
+        raise ConfigError(f"feedback 'per-synapse' is not defined for an Embedding ({emb[0] or 'model'}): it would "
+                          "need one error vector per entry of the table, and the per-synapse rule is stated for "
+                          "dense layers of an MLP")
 
 
 def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_size: int | None = None,
@@ -216,9 +260,13 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     ``quantize_error``, ``quantize_update``, ``dropout``, ``update``,
     ``adapt_rate``, ``loss_reduction``.
 
-    Weight layers are ``nn.Linear`` and ``nn.Conv2d`` (groups=1, zero padding);
-    between them elementwise activations, Flatten, Dropout, pooling, BatchNorm and
-    LayerNorm pass the channel's signal by autograd's backward (docs/conv.md).
+    Weight layers (sites) are ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` (any
+    ``groups``, so depthwise too; zero padding) and ``nn.Embedding`` (a bottom
+    layer: the signal at its output updates the rows it looked up, nothing travels
+    below it; ``max_norm`` and ``sparse=True`` refused).  Between them elementwise
+    activations, Flatten, Dropout, pooling and the norms (BatchNorm, LayerNorm,
+    RMSNorm, GroupNorm) pass the channel's signal by autograd's backward, and the
+    norms' affine parameters learn from it (docs/conv.md, docs/layers.md).
     ``nn.MultiheadAttention`` (and so torch's Transformer layers) has its
     projections as sites and the attention itself as structure (docs/transformers.md).
 
@@ -271,16 +319,20 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     if example_input is None:
         example_input = _declared_example(model, found)
     layers, shapes = _discover(model, found, example_input)
+    _check_embedding_options(alg, layers)
     _check_product_route(alg, model)
     recurrent.check_options(alg, layers)
     attention.check(alg, model, layers)
     ensembles = {getattr(m, "ensemble", None) for _, m in layers}
+    if len(ensembles) > 1 and any(isinstance(m, nn.Embedding) for _, m in layers):
+        _check_ensemble_layers(model, layers, max(e for e in ensembles if e))
     if len(ensembles) > 1:
         raise UnsupportedModelError("mixing ensemble and single-network layers in one model is not supported")
     ensemble = ensembles.pop()
+    _check_ensemble_layers(model, layers, ensemble)
     seeds = _seed_list(seed, ensemble)
     top = layers[-1][1]
-    top_size = top.out_features if not isinstance(top, CONVS) else top.out_channels
+    top_size = _out_width(top)
     if output_size is not None:     # the output layer's width, where the last layer registered is not the output
         top_size = output_size
 
@@ -293,8 +345,10 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
             continue
         if isinstance(layer, RECURRENT):
             site = recurrent.convert_recurrent(layer)
+        elif isinstance(layer, nn.Embedding):
+            site = FeedbackEmbedding.from_embedding(layer)
         elif isinstance(layer, CONVS):
-            site = FeedbackConv2d.from_conv(layer)
+            site = FeedbackConvNd.from_conv(layer)
             shape = shapes.get(name)          # an ensemble's map holds K networks' channels: keep one's
             site.input_shape = None if shape is None else (shape[0] // (ensemble or 1), *shape[1:])
         else:
@@ -330,6 +384,13 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     _route_structure(alg, model, channel)
     model.rbp_channel = channel
     return model
+
+
+def _out_width(layer) -> int:
+    """Units (channels) of a weight layer's output."""
+    if isinstance(layer, (nn.Embedding, FeedbackEmbedding)):
+        return layer.embedding_dim
+    return layer.out_channels if isinstance(layer, (*CONVS, FeedbackConvNd)) else layer.out_features
 
 
 def _resolve_units(alg: Algorithm, model: nn.Module) -> Algorithm:
@@ -372,10 +433,6 @@ def _member_algorithms(alg: Algorithm, given, ensemble, model) -> list | None:
     return members
 
 
-def _out_width(site) -> int:
-    return site.out_channels if isinstance(site, FeedbackConv2d) else site.out_features
-
-
 def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Sequence[Algorithm] | None = None,
                    n_top: int | None = None):
     """Draw every site's feedback, as its route says; ``members`` gives each ensemble member its own
@@ -391,6 +448,8 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Se
     n_top = _out_width(sites[-1]) if n_top is None else n_top
 
     for i, site in enumerate(sites):
+        if isinstance(site, FeedbackEmbedding):
+            continue  # its input is indices: nothing travels below an embedding, so it holds no feedback
         if isinstance(site, FeedbackRecurrent):   # draws its own matrices (nn/recurrent.py)
             site.init_feedback(lambda s, shape, ch, sign_of: _members(specs, shape, gens, s, ch, sign_of, ensemble,
                                                                        scales),
