@@ -80,11 +80,11 @@ def _layer_figures(put, alg, sites, h, received, delta, update, true_update, ens
     if alg.feedback.per_synapse and update is not None:   # the signal is per synapse: no I^h
         put(f"signal_angle_{h}", [math.nan] * K)
         put(f"update_angle_{h}", _angle(update, true_update, ens))
-    elif received is None or update is None:
+    elif update is None or true_update is None:
         put(f"signal_angle_{h}", [math.nan] * K)
         put(f"update_angle_{h}", [math.nan] * K)
-    else:
-        put(f"signal_angle_{h}", _angle(received, delta, ens))
+    else:       # a matrix kept by its module has no output of its own to observe: no signal figure
+        put(f"signal_angle_{h}", [math.nan] * K if received is None or delta is None else _angle(received, delta, ens))
         put(f"update_angle_{h}", _angle(update, true_update, ens))
     route = route_of(alg)
     carrier = route.carrier(sites, h) if alg.random_feedback else None
@@ -136,20 +136,26 @@ def _probe_gradients(model, sites, x, y, probe_pass=None):
     ``probe_pass`` marks the learning channel's pass as a probe (no noise, no resampling).
     """
     outputs = {}
-    hooks = [s.register_forward_hook(lambda mod, i, o, k=k: outputs.__setitem__(k, o)) for k, s in enumerate(sites)]
+    # a site that is a module of its own is observed at its output; a matrix kept by its module
+    # (attention's in_proj, a recurrent layer's) has no output of its own to observe: its signal
+    # figure is NaN, its update figure is defined as for any site
+    hooks = [s.register_forward_hook(lambda mod, i, o, k=k: outputs.__setitem__(k, o))
+             for k, s in enumerate(sites) if isinstance(s, torch.nn.Module)]
     try:
         with torch.enable_grad():
             logits = model(x)
             if probe_pass is not None:
                 probe_pass()
             weights = [s.weight for s in sites if s.weight.requires_grad]
-            got = torch.autograd.grad(_loss(logits, y), [outputs[k] for k in range(len(sites))] + weights,
-                                      allow_unused=True)
+            seen = sorted(k for k, o in outputs.items() if isinstance(o, torch.Tensor) and o.requires_grad)
+            got = torch.autograd.grad(_loss(logits, y), [outputs[k] for k in seen] + weights, allow_unused=True)
     finally:
         for hk in hooks:
             hk.remove()
-    signals = list(got[:len(sites)])
-    it = iter(got[len(sites):])
+    signals = [None] * len(sites)
+    for k, g in zip(seen, got[:len(seen)]):
+        signals[k] = g
+    it = iter(got[len(seen):])
     updates = [next(it) if s.weight.requires_grad else None for s in sites]
     return signals, updates
 

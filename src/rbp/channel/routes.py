@@ -237,7 +237,7 @@ class Distinct(Skip):
         return widths[min(len(sites) - i, self.depth)]
 
     def _reader(self, site, fbk):
-        return getattr(site, "backward_weight", None)
+        return site.backward_weight
 
     def distinct_layers(self, sites, n_top):
         widths = (n_top, *self.alg.backward_hidden)

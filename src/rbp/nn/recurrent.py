@@ -57,6 +57,7 @@ class _RecurrentSite(LinearOps, SiteInterface):
 
     ensemble = None
     kind = "recurrent"
+    backward_weight = None       # no distinct backward network reaches a recurrent layer (refused)
 
     def __init__(self, module, kind: str, layer: int):
         self.module = module
@@ -69,6 +70,10 @@ class _RecurrentSite(LinearOps, SiteInterface):
     @property
     def channel(self):
         return self.module.channel
+
+    @channel.setter
+    def channel(self, value):       # the module's channel: all its matrices' (diagnostics detach it)
+        self.module.channel = value
 
     @property
     def algorithm(self):
