@@ -379,3 +379,35 @@ def test_adam_optimizer_in_protocols_and_stores():
         TrainSpec(optimizer="adam", momentum=0.9).validate()
     with pytest.raises(ConfigError, match="optimizer must be one of"):
         TrainSpec(optimizer="lbfgs").validate()
+
+
+def test_shared_block_matrix_is_one_matrix_for_every_block():
+
+
+    class Stream(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(5, 6)
+            self.layers = nn.ModuleList(nn.Linear(6, 6) for _ in range(3))
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = self.inp(x)
+            for layer in self.layers:
+                h = h + torch.tanh(layer(h))
+            return self.head(h)
+
+    x = torch.randn(4, 5)
+    for seed in (3, None):
+        shared = rbp.convert(Stream(), "srbp", blocks=["layers.*"], block_matrix="shared", seed=seed)
+        shared(x)
+        mats = [m.skip_feedback for m in shared.layers]
+        assert all(torch.equal(mats[0], c) for c in mats[1:])
+    own = rbp.convert(Stream(), "srbp", blocks=["layers.*"], seed=3)
+    own(x)
+    assert not torch.equal(own.layers[0].skip_feedback, own.layers[1].skip_feedback)
+    with pytest.raises(rbp.ConfigError, match="block_matrix"):
+        rbp.algorithm("srbp", block_matrix="shared")
+    with pytest.raises(rbp.ConfigError, match="block_matrix must be"):
+        rbp.algorithm("srbp", blocks=["layers.*"], block_matrix="mine")
+    assert "shared C" in rbp.algorithm("srbp", blocks=["layers.*"], block_matrix="shared").describe()

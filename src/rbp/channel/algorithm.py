@@ -89,6 +89,7 @@ class Algorithm:
     mirror_batch: int = 100                    # noise vectors per layer per mirror step
     blocks: tuple = ()                         # SRBP block mode: modules whose outputs receive C E^L (rbp.nn.blocks)
     block_feedback: str = "bp"                 # the route inside and between blocks: "bp" or "rbp"
+    block_matrix: str = "own"                  # each block its own C_k, or one C "shared" by all blocks
 
     @property
     def random_feedback(self) -> bool:
@@ -138,7 +139,8 @@ class Algorithm:
         if self.init_scale != getattr(defaults, "init_scale", 1.0):
             extras.append(f"init x{self.init_scale:g}")
         if self.blocks:
-            extras.append(f"blocks {' '.join(self.blocks)}, {self.block_feedback} inside")
+            extras.append(f"blocks {' '.join(self.blocks)}, {self.block_feedback} inside"
+                          + (", one shared C" if self.block_matrix == "shared" else ""))
         return self.name + (f"[{', '.join(extras)}]" if extras else "")
 
     def options(self) -> dict:
@@ -151,7 +153,7 @@ class Algorithm:
                     "adapt_rate", "loss_reduction", "quantize_error_alpha", "quantize_update_alpha",
                     "quantize_update_mode", "quantize_update_lr", "backward_nonlinearity", "backward_hidden", "feedback_scale", "init_scale",
                     "weight_decay", "mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch",
-                    "blocks", "block_feedback"):
+                    "blocks", "block_feedback", "block_matrix"):
             if getattr(self, key) != getattr(defaults, key):
                 out[key] = getattr(self, key)
         return out
@@ -252,7 +254,7 @@ OPTION_NAMES = ("feedback", "derivative", "quantize_error", "quantize_update", "
                 "adapt_rate", "loss_reduction", "quantize_error_alpha", "quantize_update_alpha",
                 "quantize_update_mode", "quantize_update_lr", "backward_nonlinearity", "backward_hidden", "feedback_scale", "init_scale",
                 "weight_decay", "mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch",
-                "blocks", "block_feedback")
+                "blocks", "block_feedback", "block_matrix")
 MIRROR_OPTIONS = ("mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch")
 
 
@@ -401,6 +403,10 @@ def algorithm(name: str | Algorithm, **options) -> Algorithm:
             if value not in BLOCK_FEEDBACK:
                 raise ConfigError(f"block_feedback must be one of {', '.join(BLOCK_FEEDBACK)}, got {value!r}")
             changes[key] = value
+        elif key == "block_matrix":
+            if value not in BLOCK_MATRIX:
+                raise ConfigError(f"block_matrix must be one of {', '.join(BLOCK_MATRIX)}, got {value!r}")
+            changes[key] = value
     result = dataclasses.replace(base, **changes)
     if result.quantize_update_mode != "eq19" and not result.quantize_update:
         raise ConfigError("quantize_update_mode needs quantize_update (the number of bits)")
@@ -420,6 +426,8 @@ def algorithm(name: str | Algorithm, **options) -> Algorithm:
         _check_blocks(result)
     elif result.block_feedback != Algorithm.block_feedback:
         raise ConfigError("block_feedback is the route inside the blocks of srbp's block mode; it needs blocks=")
+    elif result.block_matrix != Algorithm.block_matrix:
+        raise ConfigError("block_matrix chooses the matrices of srbp's block mode; it needs blocks=")
     if result.backward_hidden and (result.feedback.resampled or result.feedback.needs_forward_sign):
         raise ConfigError(f"feedback {str(result.feedback)!r} follows the forward weights, but the hidden layers "
                           "of a distinct learning network (backward_hidden) mirror no forward matrix")
@@ -427,6 +435,7 @@ def algorithm(name: str | Algorithm, **options) -> Algorithm:
 
 
 BLOCK_FEEDBACK = ("bp", "rbp")
+BLOCK_MATRIX = ("own", "shared")   # "shared": one C for every block (blocks writing one residual stream)
 
 
 def _check_blocks(alg: Algorithm):

@@ -33,7 +33,8 @@ to put our numbers beside the paper's::
                                                 # quantize_error, quantize_update, dropout, update, adapt_rate,
                                                 # feedback_scale, init_scale, weight_decay, mirror_rate,
                                                 # mirror_noise, mirror_decay, mirror_batch,
-                                                # blocks, block_feedback (srbp's block mode: docs/blocks.md)
+                                                # blocks, block_feedback, block_matrix (srbp's block mode:
+                                                # docs/blocks.md)
     lr = 0.1                                    # protocol overrides: batch_size, lr, decay, momentum,
                                                 # hidden, activation, frozen
     row = "baseline"                            # Table row (configs of one row form one table row group)
@@ -80,7 +81,7 @@ OVERRIDABLE = ("batch_size", "lr", "decay", "momentum", "hidden", "activation", 
 ALGORITHM_OPTIONS = ("feedback", "derivative", "quantize_error", "quantize_update", "quantize_update_mode",
                      "quantize_update_lr", "dropout", "update", "adapt_rate", "feedback_scale", "init_scale",
                      "weight_decay", "mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch",
-                     "blocks", "block_feedback")
+                     "blocks", "block_feedback", "block_matrix")
 TOP_KEYS = ("name", "description", "reference", "dataset", "requires", "protocol", "config")
 CONFIG_KEYS = ("id", "label", "algorithm", *ALGORITHM_OPTIONS, *OVERRIDABLE, "row", "group",
                "paper_mean", "paper_sd", "note")
@@ -172,7 +173,7 @@ CONFIG_CHECKS = {
     "feedback_scale": _float(0, lo_open=True), "init_scale": _float(0, lo_open=True),
     "weight_decay": _float(0), "mirror_rate": _float(0), "mirror_noise": _float(0, lo_open=True),
     "mirror_decay": _float(0, lo_open=True), "mirror_batch": _int(1),
-    "blocks": _str_list, "block_feedback": _str(),
+    "blocks": _str_list, "block_feedback": _str(), "block_matrix": _str(),
 }
 
 

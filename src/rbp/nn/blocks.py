@@ -175,13 +175,20 @@ class BlockFeedback:
         return C
 
     def _draw(self, k: int, shape, dtype, device) -> torch.Tensor:
+        shared = self.algorithm.block_matrix == "shared"
+        if shared and getattr(self, "_shared", None) is not None and tuple(self._shared.shape) == tuple(shape):
+            return self._shared.clone().to(device)
         gen = None
         if self.seed is not None:
-            ss = np.random.SeedSequence(derive_seed(self.seed, "blocks"), spawn_key=(k,))
+            # block_matrix "shared": every block draws block 0's matrix (one C for one residual stream)
+            ss = np.random.SeedSequence(derive_seed(self.seed, "blocks"),
+                                        spawn_key=(0 if self.algorithm.block_matrix == "shared" else k,))
             gen = torch.Generator().manual_seed(int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1)))
         C = fb.sample(self.algorithm.feedback, shape, chained=False, generator=gen, dtype=dtype)
         if self.algorithm.feedback_scale != 1.0:
             C.mul_(self.algorithm.feedback_scale)
+        if shared:
+            self._shared = C.clone()
         return C.to(device)
 
 
