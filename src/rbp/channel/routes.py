@@ -56,8 +56,10 @@ class Route:
         if self.alg.feedback.per_synapse and self.alg.random_feedback and any(
                 not s.per_synapse_defined for s in sites):
             bad = next(s for s in sites if not s.per_synapse_defined)
-            raise ConfigError(f"feedback 'per-synapse' is not defined for {bad.kind} layers: "
-                              "a kernel's synapses are shared across positions")
+            why = ("a kernel's synapses are shared across positions" if bad.kind == "conv" else
+                   "it gives each synapse of a plain weight matrix its own error vector, and a "
+                   f"{bad.kind} layer's synapses are not one such matrix")
+            raise ConfigError(f"feedback 'per-synapse' is not defined for {bad.kind} layers: {why}")
 
     def feedback_shape(self, sites: list, i: int, n_top: int):
         """One network's feedback tensor for ``sites[i]`` (None: the site holds none).
