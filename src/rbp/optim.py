@@ -14,7 +14,23 @@ from __future__ import annotations
 import torch
 
 
-class KerasSGD(torch.optim.Optimizer):
+class _CountsUpdates:
+    """The number of updates so far (``updates``, which the lr schedule reads), saved with the state."""
+
+    updates = 0
+
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["updates"] = self.updates
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        self.updates = state_dict.pop("updates", 0)
+        super().load_state_dict(state_dict)
+
+
+class KerasSGD(_CountsUpdates, torch.optim.Optimizer):
     def __init__(self, params, lr=0.1, decay=0.0, momentum=0.0):
         if lr <= 0 or decay < 0 or not 0 <= momentum < 1:
             raise ValueError("need lr > 0, decay >= 0, 0 <= momentum < 1")
@@ -49,18 +65,9 @@ class KerasSGD(torch.optim.Optimizer):
         self.updates += 1
         return loss
 
-    def state_dict(self):
-        sd = super().state_dict()
-        sd["updates"] = self.updates
-        return sd
-
-    def load_state_dict(self, state_dict):
-        state_dict = dict(state_dict)
-        self.updates = state_dict.pop("updates", 0)
-        super().load_state_dict(state_dict)
 
 
-class Adam(torch.optim.Adam):
+class Adam(_CountsUpdates, torch.optim.Adam):
     """``torch.optim.Adam`` (default betas and eps) on the same schedule, lr_t = lr / (1 + decay * t).
 
     For networks that plain SGD trains slowly (the small vision transformer of
@@ -87,15 +94,6 @@ class Adam(torch.optim.Adam):
         self.updates += 1
         return out
 
-    def state_dict(self):
-        sd = super().state_dict()
-        sd["updates"] = self.updates
-        return sd
-
-    def load_state_dict(self, state_dict):
-        state_dict = dict(state_dict)
-        self.updates = state_dict.pop("updates", 0)
-        super().load_state_dict(state_dict)
 
 
 OPTIMIZERS = {"sgd": KerasSGD, "adam": Adam}
