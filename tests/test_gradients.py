@@ -191,8 +191,9 @@ def test_quantized_error_hand_computed():
         torch.testing.assert_close(got[f"{2 * h}.weight"], g, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("mode", ["eq19", "flush", "after-lr", "sum", "share", "flush+after-lr", "flush+share"])
-@pytest.mark.parametrize("bits", [1, 2, 5])
+@pytest.mark.parametrize("mode", ["eq19", "flush", "after-lr", "sum", "share", "flush+after-lr", "flush+share",
+                                  "levels", "flush+after-lr+levels"])
+@pytest.mark.parametrize("bits", [1, 2, 3, 5])
 def test_quantized_update_hand_computed(mode, bits):
     """Each example's update I_n O_n^T is quantized (alpha 2^-6) before the minibatch reduction,
     in every reading of section 5.2 (channel.quantize.UPDATE_MODES), written out literally here."""
@@ -207,16 +208,24 @@ def test_quantized_update_hand_computed(mode, bits):
     got = grads(m, x, y)
     B = x.shape[0]
     flush = "flush" in words
+    # "levels": 2^(bits-1) magnitudes (one sign bit), else Eq. 19's clip with `bits` magnitudes
+    lowest = -(2 ** (bits - 1) - 1) if "levels" in words else -(bits - 1)
 
     def step(u):   # the weight change the reading prescribes, from per-example updates u (B, ...)
         if "after-lr" in words:
             u = u * lr
         if "share" in words:
             u = u / B
-        q = quantize(u, alpha, bits, flush=flush)
-        if flush:   # written out: a value whose exponent rounds below the lowest level is 0
-            e = torch.round(torch.log2(u.abs() / alpha))
-            assert torch.equal(q == 0, (e < -(bits - 1)) | (u == 0))
+        q = quantize(u, alpha, 1 - lowest, flush=flush)
+        e = torch.round(torch.log2(u.abs() / alpha))
+        nz = u != 0
+        # written out: every nonzero value is a signed power of two alpha 2^k with lowest <= k <= 0
+        k = torch.log2(q[q != 0].abs() / alpha)
+        assert torch.equal(k, k.round()) and bool((k >= lowest).all()) and bool((k <= 0).all())
+        if flush:   # a value whose exponent rounds below the lowest level is 0
+            assert torch.equal(q == 0, (e < lowest) | ~nz)
+        else:       # lifted, never zero
+            assert torch.equal(q == 0, ~nz)
         total = q.sum(0) if ("sum" in words or "share" in words) else q.mean(0)
         return total if "after-lr" in words else lr * total
 

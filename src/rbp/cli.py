@@ -49,7 +49,7 @@ def add_algorithm_options(p: argparse.ArgumentParser):
     g.add_argument("--quantize-update", type=int, metavar="BITS",
                    help="quantize each example's weight update (Eq. 19, alpha 2^-6)")
     g.add_argument("--quantize-update-mode", default=None, metavar="MODE",
-                   help="reading of section 5.2: eq19 (default) or a '+'-joined set of flush, after-lr, "
+                   help="reading of section 5.2: eq19 (default) or a '+'-joined set of flush, after-lr, levels, "
                         "sum, share (after-lr uses --lr, which must not decay)")
     g.add_argument("--lc-dropout", type=_probability, default=0.0, metavar="P",
                    help="learning-channel dropout probability in [0, 1)")

@@ -41,7 +41,7 @@ import torch
 
 from ..errors import ConfigError
 from . import feedback as fb
-from .quantize import quantize
+from .quantize import magnitude_count, quantize
 from .routes import route_of
 
 
@@ -182,8 +182,8 @@ def signal_operators(site, J: torch.Tensor, scale: float, probe: bool = False) -
     return J
 
 
-def update_quantizer(alg, rows: int) -> tuple[float, bool, float]:
-    """(alpha, flush, factor) that realise the algorithm's reading of the quantized update.
+def update_quantizer(alg, rows: int) -> tuple[float, bool, float, int]:
+    """(alpha, flush, factor, magnitudes) that realise the algorithm's reading of the quantized update.
 
     Every reading of ``channel.quantize.UPDATE_MODES`` is the minibatch mean of
     Q_alpha'(u_n) over the examples' updates u_n (the paper's units), times a
@@ -198,7 +198,8 @@ def update_quantizer(alg, rows: int) -> tuple[float, bool, float]:
         c *= alg.quantize_update_lr
     if "share" in words:
         c /= rows
-    return alg.quantize_update_alpha / c, "flush" in words, float(rows) if "sum" in words else 1.0
+    return (alg.quantize_update_alpha / c, "flush" in words, float(rows) if "sum" in words else 1.0,
+            magnitude_count(alg.quantize_update, "levels" in words))
 
 
 def weight_update(site, g, x, top: bool, scale: float, rows: int = 1):
@@ -209,8 +210,8 @@ def weight_update(site, g, x, top: bool, scale: float, rows: int = 1):
     """
     alg = site.algorithm
     if alg.quantize_update:
-        alpha, flush, factor = update_quantizer(alg, rows)
-        gW, gb = site.per_example_update(g, x, alpha, alg.quantize_update, scale, flush=flush)
+        alpha, flush, factor, magnitudes = update_quantizer(alg, rows)
+        gW, gb = site.per_example_update(g, x, alpha, magnitudes, scale, flush=flush)
         if factor != 1.0:
             gW.mul_(factor)
             gb = None if gb is None else gb.mul_(factor)

@@ -29,7 +29,18 @@ MIN_BITS, MAX_BITS = 1, 16
 #   after-lr  mean_n Q(eta * u_n)          the quantizer sees the update after the learning rate
 #   sum       eta * sum_n Q(u_n)           the minibatch sum of quantized updates, not their mean
 #   share     eta * sum_n Q(u_n / N)       each example's term of the minibatch-mean gradient is quantized
-UPDATE_MODES = ("flush", "after-lr", "sum", "share")
+#   levels    ... with 2^(bits-1) magnitudes alpha 2^k, k in {-(2^(bits-1) - 1), ..., 0}: "bits" read as
+#             one sign bit and bits-1 bits indexing the exponent, instead of Eq. 19's ``bits`` magnitudes
+UPDATE_MODES = ("flush", "after-lr", "sum", "share", "levels")
+
+
+def magnitude_count(bits: int, levels: bool) -> int:
+    """How many magnitudes alpha 2^k a ``bits``-bit quantizer has: ``bits`` as Eq. 19 prints its
+    clip, or 2^(bits-1) under the "levels" reading (one sign bit, the rest index the exponent).
+
+    The result is what :func:`quantize` takes as ``bits``: its lowest exponent is -(result - 1).
+    """
+    return 2 ** (bits - 1) if levels else bits
 
 
 def parse_update_mode(mode: str) -> tuple[str, ...]:
