@@ -259,6 +259,31 @@ def test_quantized_update_flush_float32_kernel_and_fallback_agree(bits, monkeypa
     torch.testing.assert_close(got["6.weight"].double(), want, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("bits", [8, 9, 12])
+def test_quantized_update_levels_float32_deep_exponents(bits, monkeypatch):
+    """With "levels", 9 bits or more put the lowest exponent below float32's normal range
+    (2^(bits-1) - 1 > 126); the update must still equal the PyTorch path's, not the kernel's
+    bit-built power of two outside its domain."""
+    from rbp.nn import _qkernel
+    x, y = batch(rows=40)
+    m = rbp.convert(rbp.mlp(DEEP, "tanh", seed=0), "rbp", seed=1, quantize_update=bits,
+                    quantize_update_mode="levels")
+    xf = x.float()
+    xf[:, 0] = 1e-44      # nonzero, so the first layer has per-example updates far below alpha 2^-126
+    got = grads(m, xf, y)
+    monkeypatch.setattr(_qkernel, "load", lambda: None)     # the PyTorch path
+    torch_path = grads(m, xf, y)
+    for k in got:
+        assert torch.isfinite(got[k]).all()
+        torch.testing.assert_close(got[k], torch_path[k], atol=1e-6, rtol=1e-5)
+    # the top layer by hand, in float64: 2^(bits-1) magnitudes, small values lifted
+    S, O = forward(m.double(), xf.double())
+    E = output_error(S[3], y)
+    per_example = torch.stack([torch.outer(E[n], O[3][n]) for n in range(40)])
+    want = -quantize(per_example, 2.0 ** -6, 2 ** (bits - 1)).mean(0)
+    torch.testing.assert_close(got["6.weight"].double(), want, atol=1e-6, rtol=1e-5)
+
+
 def test_quantized_update_mode_validation():
     with pytest.raises(rbp.ConfigError, match="after-lr.*quantize_update_lr"):
         rbp.algorithm("rbp", quantize_update=3, quantize_update_mode="after-lr")

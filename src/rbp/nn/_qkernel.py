@@ -417,10 +417,12 @@ def quantized_outer_sum(lg, sg, lx, sx, lo: float, *, path: str = "auto") -> tor
     (the plain C loop), "outputs" or "inputs" (the AVX2 path with outputs or
     inputs eight to a register; the portable loop where that does not apply),
     or "auto".  All give bitwise the same numbers; the path taken is left in
-    ``_state["path"]``.
+    ``_state["path"]``.  A lowest exponent below -126 (the "levels" reading with
+    9 bits or more) is outside what the kernel's power of two can build from
+    float32 exponent bits: it returns None and the PyTorch path computes it.
     """
     fn = load()
-    if fn is None:
+    if fn is None or lo < -126:
         return None
     lead = lg.shape[:-2]
     K = lead[0] if lead else 1
