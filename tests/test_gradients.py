@@ -238,49 +238,31 @@ def test_quantized_update_hand_computed(mode, bits):
         assert any((got[f"{2 * h}.weight"] == 0).any() for h in range(4))   # the flush did something
 
 
-@pytest.mark.parametrize("bits", [1, 3, 5])
-def test_quantized_update_flush_float32_kernel_and_fallback_agree(bits, monkeypatch):
-    """The flushed sum (two clipped sums, compiled or not) equals the literal per-example sum."""
+@pytest.mark.parametrize("mode,bits", [("flush", 1), ("flush", 3), ("flush", 5),
+                                       ("levels", 8), ("levels", 9), ("levels", 12)])
+def test_quantized_update_float32_kernel_and_fallback_agree(mode, bits, monkeypatch):
+    """The compiled and the PyTorch per-example sums equal the literal one: the flushed sum (two
+    clipped sums), and "levels" with 9 bits or more, whose lowest exponent, 1 - 2^(bits-1), is
+    below float32's normal range (outside what the kernel builds from exponent bits)."""
     from rbp.nn import _qkernel
     x, y = batch(rows=40)
     m = rbp.convert(rbp.mlp(DEEP, "tanh", seed=0), "rbp", seed=1, quantize_update=bits,
-                    quantize_update_mode="flush")
+                    quantize_update_mode=mode)
     xf = x.float()
-    got = grads(m, xf, y)
-    monkeypatch.setattr(_qkernel, "load", lambda: None)     # the PyTorch path
-    torch_path = grads(m, xf, y)
-    for k in got:
-        torch.testing.assert_close(got[k], torch_path[k], atol=1e-6, rtol=1e-5)
-    # the top layer by hand, in float64
-    S, O = forward(m.double(), x)
-    E = output_error(S[3], y)
-    per_example = torch.stack([torch.outer(E[n], O[3][n]) for n in range(40)])
-    want = -quantize(per_example, 2.0 ** -6, bits, flush=True).mean(0)
-    torch.testing.assert_close(got["6.weight"].double(), want, atol=1e-6, rtol=1e-5)
-
-
-@pytest.mark.parametrize("bits", [8, 9, 12])
-def test_quantized_update_levels_float32_deep_exponents(bits, monkeypatch):
-    """With "levels", 9 bits or more put the lowest exponent below float32's normal range
-    (2^(bits-1) - 1 > 126); the update must still equal the PyTorch path's, not the kernel's
-    bit-built power of two outside its domain."""
-    from rbp.nn import _qkernel
-    x, y = batch(rows=40)
-    m = rbp.convert(rbp.mlp(DEEP, "tanh", seed=0), "rbp", seed=1, quantize_update=bits,
-                    quantize_update_mode="levels")
-    xf = x.float()
-    xf[:, 0] = 1e-44      # nonzero, so the first layer has per-example updates far below alpha 2^-126
+    if mode == "levels":
+        xf[:, 0] = 1e-44  # nonzero, so the first layer has per-example updates far below alpha 2^-126
     got = grads(m, xf, y)
     monkeypatch.setattr(_qkernel, "load", lambda: None)     # the PyTorch path
     torch_path = grads(m, xf, y)
     for k in got:
         assert torch.isfinite(got[k]).all()
         torch.testing.assert_close(got[k], torch_path[k], atol=1e-6, rtol=1e-5)
-    # the top layer by hand, in float64: 2^(bits-1) magnitudes, small values lifted
+    # the top layer by hand, in float64
     S, O = forward(m.double(), xf.double())
     E = output_error(S[3], y)
     per_example = torch.stack([torch.outer(E[n], O[3][n]) for n in range(40)])
-    want = -quantize(per_example, 2.0 ** -6, 2 ** (bits - 1)).mean(0)
+    magnitudes = 2 ** (bits - 1) if mode == "levels" else bits
+    want = -quantize(per_example, 2.0 ** -6, magnitudes, flush=mode == "flush").mean(0)
     torch.testing.assert_close(got["6.weight"].double(), want, atol=1e-6, rtol=1e-5)
 
 
