@@ -311,7 +311,7 @@ def overview_figure(path, title, summaries):
                    label="paper (sd over 5 runs, if given)" if y == ys[0] else None)
         a.errorbar([m], [y - 0.15], xerr=[[0 if not math.isfinite(sd) else sd]] * 2, fmt="o", color="tab:blue",
                    ms=4, capsize=2, label=f"ours ({s.epochs} epochs, mean ± sd)" if y == ys[0] else None)
-    a.set_yticks(ys, [f"{s.meta.get('row') or ''}: {s.label}" for s in rows], fontsize=7)
+    a.set_yticks(ys, [f"{s.meta['row']}: {s.label}" if s.meta.get("row") else s.label for s in rows], fontsize=7)
     a.set_xlabel("final test accuracy (%)")
     a.grid(axis="x", alpha=0.3)
     fig.legend(fontsize=8, loc="outside lower center", ncol=2, frameon=False)
