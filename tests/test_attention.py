@@ -447,7 +447,7 @@ def test_cross_attention_sites_use_rows_of_the_packed_feedback():
 
     def spy(self, x):
         out = orig(self, x)
-        if self._owner is mha and self.rows is not None and self.rows.start == E * 2:
+        if self._owner is mha and self.row_block is not None and self.row_block.start == E * 2:
             out.register_hook(lambda g: seen.__setitem__("g", g))
             seen["x"] = x
         return out

@@ -412,15 +412,31 @@ def test_convert_custom_module_with_nested_submodules_batchnorm_and_dropout():
 
 @pytest.mark.parametrize("layer,name", [
     (nn.ConvTranspose2d(4, 4, 1), "ConvTranspose2d"), (nn.Conv3d(4, 4, 1), "Conv3d"),
-    (nn.Upsample(scale_factor=1), "Upsample"), (nn.LocalResponseNorm(2), "LocalResponseNorm"),
     (nn.Conv2d(4, 4, 1, padding_mode="circular"), "circular"), (nn.Conv2d(4, 4, 1, padding_mode="reflect"), "reflect"),
-    (nn.InstanceNorm2d(4, affine=True), "InstanceNorm2d"),   # grouped convs and LayerNorm are served (test_layers_more.py)
 ])
 def test_unsupported_layers_are_named(layer, name):
+    """Weight layers no site serves are refused (name them in exclude= to leave them to autograd)."""
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), layer, nn.Flatten(), nn.Linear(16, 2))
     with pytest.raises(rbp.UnsupportedModelError) as e:
         rbp.convert(model, "rbp")
     assert name in str(e.value) and "2 (" in str(e.value) and "\n" not in str(e.value)
+    assert "exclude=" in str(e.value)
+
+
+@pytest.mark.parametrize("layer", [nn.Upsample(scale_factor=1), nn.LocalResponseNorm(2),
+                                   nn.InstanceNorm2d(4, affine=True), nn.Hardswish(), nn.PixelShuffle(1)])
+def test_modules_without_a_weight_matrix_are_structural(layer):
+    """Anything that is not a weight matrix is carried by autograd's own derivative: under bp the converted
+    model's gradients are autograd's, and its parameters (InstanceNorm's affine) learn from the signal."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), layer, nn.Flatten(), nn.Linear(16, 2)).double()
+    x, y = torch.randn(3, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 1])
+    m = rbp.convert(model, "bp")
+    assert "2" in [n for n, _ in m.rbp_channel.report.structural] or not any(True for _ in layer.parameters())
+    F.cross_entropy(model(x), y).backward()
+    F.cross_entropy(m(x), y).backward()
+    for (n, p), q in zip(model.named_parameters(), m.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-12), n
+    rbp.convert(model, "srbp", example_input=x[:1])          # and under the other routes
 
 
 def test_refusals_for_conv_layers():

@@ -193,9 +193,11 @@ def test_lazy_skip_matrices_save_and_load():
     m = rbp.convert(conv.double(), "asrbp", seed=3)        # adaptive: the skip matrices are parameters
     x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
     assert m[5].feedback.shape == (3, 32)                  # a linear layer's is sized at convert
-    assert m[2].feedback is None                            # a conv layer's input map: at the first pass
+    held = m[2].feedback                                    # a conv layer's input map: sized at the first pass,
+    assert isinstance(held, nn.Parameter) and held.numel() == 0   # held by an empty Parameter until then
+    assert "2.feedback" not in m.state_dict()               # which is not state
     m(x)                                                    # the dry run sizes it (as torch's Lazy modules)
-    assert isinstance(m[2].feedback, nn.Parameter) and m[2].feedback.shape == (3, 2 * 6 * 6)
+    assert m[2].feedback is held and m[2].feedback.shape == (3, 2 * 6 * 6)   # the same Parameter object
     state = m.state_dict()
     other = rbp.convert(conv.double(), "asrbp", seed=4)
     other.load_state_dict(state)

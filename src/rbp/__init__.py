@@ -10,9 +10,9 @@ __version__ = "0.1.0"      # the one place the version is written (pyproject.tom
 from .channel import ALGORITHMS, DESCRIPTIONS, Algorithm, algorithm, quantize
 from .errors import ConfigError, DataError, RBPError, UnsupportedModelError
 from .models import mlp
-from .nn import FeedbackLinear, convert
+from .nn import FeedbackLinear, convert, register_site, SiteAdapter, UnknownWeightWarning
 
 __all__ = [
     "ALGORITHMS", "DESCRIPTIONS", "Algorithm", "algorithm", "quantize", "convert", "mlp",
-    "FeedbackLinear", "RBPError", "ConfigError", "DataError", "UnsupportedModelError", "__version__",
+    "FeedbackLinear", "register_site", "SiteAdapter", "UnknownWeightWarning", "RBPError", "ConfigError", "DataError", "UnsupportedModelError", "__version__",
 ]

@@ -72,15 +72,24 @@ class Pass:
     producers: dict = field(default_factory=dict)  # position -> positions first reached from its input
     graph: bool = False                          # positions were entered with their inputs (autograd driver)
     started: bool = False                        # the backward pass has begun
+    depth: int = 0                               # sites entered before the backward pass began
     _seen: set = field(default_factory=set, repr=False)
 
     def enter(self, site, x=None) -> int:
         self.order.append(site)
         position = len(self.order) - 1
+        if self.started:
+            # entered during the backward pass: a segment recomputed by activation checkpointing.  Its
+            # output feeds the part of the network whose backward is running, so it is not an output.
+            self.consumed.add(position)
         if x is not None:
             self.graph = True
             self.producers[position] = self.consume(x)
         return position
+
+    def recomputed(self, position: int) -> bool:
+        """Whether a site entered this pass after its backward began (a checkpointed segment)."""
+        return self.started and position >= self.depth
 
     def consume(self, tensor) -> list:
         """Mark the sites that ``tensor`` was computed from as feeding something; returns their positions.
@@ -106,13 +115,15 @@ class Pass:
     def begin_backward(self):
         """The first site's backward: the graph is complete; drop the walk's bookkeeping."""
         self.started = True
+        self.depth = len(self.order)
         self._seen = set()
 
     def outputs(self) -> list:
         """Positions of the output sites."""
+        n = self.depth if self.started else len(self.order)
         if not self.graph:
-            return [len(self.order) - 1] if self.order else []
-        return [p for p in range(len(self.order)) if p not in self.consumed]
+            return [n - 1] if n else []
+        return [p for p in range(n) if p not in self.consumed]
 
     def record(self, module, x):
         """A structural module (pooling, reshape) ran on x after the latest site (product route)."""
@@ -135,7 +146,7 @@ class Pass:
 
     def is_top(self, position: int) -> bool:
         if not self.graph:
-            return position == len(self.order) - 1
+            return position == (self.depth if self.started else len(self.order)) - 1
         return position not in self.consumed
 
 
@@ -255,12 +266,22 @@ def feedback_matrix(site, weight, fbk, probe: bool = False):
     if spec.refreshed and not (probe and spec.resampled):
         with torch.no_grad():
             if spec.kind == "sign-fixed":          # frSF: fixed magnitudes, current signs
-                fbk.copy_(fb.follow_signs(fbk, weight))
+                new = fb.follow_signs(fbk, weight)
             else:
-                fbk.copy_(_resample(site, spec, weight, fbk))
+                new = _resample(site, spec, weight, fbk)
                 if alg.feedback_scale != 1.0:
-                    fbk.mul_(alg.feedback_scale)
+                    new.mul_(alg.feedback_scale)
+            if _functional():       # torch.func may not mutate a captured tensor: use the new matrix as it is
+                return new
+            fbk.copy_(new)
     return fbk
+
+
+def _functional() -> bool:
+    try:
+        return torch._C._functorch.peek_interpreter_stack() is not None
+    except AttributeError:       # pragma: no cover - older torch
+        return False
 
 
 def _resample(site, spec, weight, fbk):
@@ -299,6 +320,18 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
     need_x, need_w, need_b, need_f = needs
     if not pas.started:
         pas.begin_backward()
+    if pas.recomputed(position) and not route.recomputable:
+        raise ConfigError(f"{alg.name} under reentrant activation checkpointing: its route ({route.name}) hands "
+                          "signals between sites by their places in the forward pass, which a segment recomputed "
+                          "during the backward pass does not keep; use torch.utils.checkpoint(..., "
+                          "use_reentrant=False)")
+    # Mixed precision (autocast): the forward ran in a lower precision, the channel computes in the weight's
+    # dtype, and the signal goes back in the input's dtype.
+    x_dtype = x.dtype
+    if g is not None and g.dtype != weight.dtype and g.is_floating_point():
+        g = g.to(weight.dtype)
+    if x.is_floating_point() and x.dtype != weight.dtype:
+        x = x.to(weight.dtype)
     top = pas.is_top(position)
     if top:
         if pas.error is not None and route.needs_error:
@@ -321,7 +354,7 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
         gF = route.adaptation(site, src, g, x, gW)
     if alg.weight_decay:   # one decay for the forward weights and the adaptive feedback (Kolen-Pollack)
         lam = alg.weight_decay
-        if need_w and gW is not None:
+        if need_w and gW is not None and not getattr(site, "rbp_shares_weight", False):   # a tied weight: once
             gW = gW + lam * weight
         if need_b and gb is not None:
             gb = gb + lam * site.bias
@@ -332,4 +365,6 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
         J = backward_units(alg, J, scale)
         J = signal_operators(site, J, scale, pas.probe)
         route.deliver(pas, position, J)
+        if J is not None and J.dtype != x_dtype and J.is_floating_point() and x_dtype.is_floating_point:
+            J = J.to(x_dtype)
     return J, (gW if need_w else None), (gb if need_b else None), gF

@@ -41,6 +41,7 @@ class Route:
     carries = True         # hidden layers receive a signal at all
     adapts_from_update = False   # adaptive feedback changes by the forward update itself (ARBP, KP)
     needs_error = False          # hidden layers read the output error E^L itself (skipped routes)
+    recomputable = True          # a site may enter the pass during its backward (reentrant checkpointing)
 
     @property
     def feedback_adaptive(self) -> bool:
@@ -138,6 +139,7 @@ class Product(Chain):
 
     name = "product"
     adapts_from_update = False
+    recomputable = False         # signals are handed from site to site by position
 
     def source(self, site, pas, position, g, top, scale):
         # what this site's (twin) unit emits: before f'
@@ -173,6 +175,8 @@ class Skip(Route):
                               "forward matrices above each layer, which is not defined across conv layers")
 
     def fed_feedback_shape(self, sites, i, n_top):
+        if not sites[i].skip_receives:
+            return None
         return (self._reads(sites, i, n_top), sites[i].skip_width())   # width None: sized at the first pass
 
     def _reads(self, sites, i, n_top):
@@ -191,8 +195,8 @@ class Skip(Route):
         """Sign pattern of W^L ... W^{h+1} (N_L x N_h) at initialisation, for congruent SRBP."""
         prod = None
         for s in sites[i:]:
-            w = s.weight[k] if s.ensemble else s.weight
-            prod = w.detach() if prod is None else w.detach() @ prod
+            w = s.forward_matrix((s.weight[k] if s.ensemble else s.weight).detach())
+            prod = w if prod is None else w @ prod
         return prod
 
     def source(self, site, pas, position, g, top, scale):
@@ -207,9 +211,9 @@ class Skip(Route):
     def mirror(self, sites, h):
         if not all(s.kind == "linear" for s in sites[h:]):
             return None          # the product of forward matrices is not defined across conv layers
-        m = sites[-1].weight
+        m = sites[-1].forward_matrix(sites[-1].weight)
         for s in reversed(sites[h:-1]):
-            m = m @ s.weight
+            m = m @ s.forward_matrix(s.weight)
         return m
 
     def channel_cost(self, N):
@@ -222,6 +226,8 @@ class Distinct(Skip):
     C^h D^{min(L-h, m)}.  The site at position L-k holds V^k as ``backward_weight``."""
 
     name = "distinct"
+    recomputable = False         # the backward network's layers are found by position
+
 
     @property
     def depth(self) -> int:
@@ -248,7 +254,7 @@ class Distinct(Skip):
     def source(self, site, pas, position, g, top, scale):
         """Layer min(L-h, m) of the distinct network; the site at L - k computes D^k once per pass."""
         from .backward import backward_units
-        k = len(pas.order) - position
+        k = (pas.depth or len(pas.order)) - position
         if k <= self.depth:
             below = pas.error if k == 1 else pas.backward[k - 1]
             pas.backward[k] = backward_units(self.alg, below @ site.backward_weight, scale)

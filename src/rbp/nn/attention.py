@@ -47,10 +47,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..channel.backward import SITE_NODES, site_backward
+from ..channel.routes import route_of
 from ..errors import ConfigError, UnsupportedModelError
 from .layers import LinearOps
-from .site import SiteInterface
+from .registry import SiteAdapter
+from .site import ModuleView, install
 
 # torch modules that only hold attention and linear layers and call them; convert walks through them
 TRANSFORMER_CONTAINERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder,
@@ -59,30 +60,7 @@ ATTENTION = (nn.MultiheadAttention,)
 _TRANSFORMER_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
-class _ProjectionFunction(torch.autograd.Function):
-    """layers._SiteFunction for a projection site.  The feedback is kept on ``ctx`` rather than saved:
-    the q and kv blocks of one packed projection read rows of one feedback tensor, and a refreshed
-    feedback (resampled, sign-following) rewrites its block in place during the backward pass."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, fbk, site, pas, position):
-        ctx.site, ctx.pas, ctx.position, ctx.fbk = site, pas, position, fbk
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, weight)
-        return site.affine(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, weight = ctx.saved_tensors
-        J, gW, gb, gF = site_backward(ctx.site, ctx.pas, ctx.position, g, x, weight, ctx.fbk,
-                                      ctx.needs_input_grad[:4])
-        return J, gW, gb, gF, None, None, None
-
-
-SITE_NODES.add(_ProjectionFunction._backward_cls)   # a site in the graph, for the Pass's output-site search
-
-
-class ProjectionSite(LinearOps, SiteInterface):
+class ProjectionSite(LinearOps, ModuleView):
     """One input projection of an attention module, as a linear site.
 
     ``weight_name``: the module's parameter (``in_proj_weight``, ``q_proj_weight``...);
@@ -99,28 +77,18 @@ class ProjectionSite(LinearOps, SiteInterface):
         self._owner = owner
         self._whole = whole            # the site of the whole weight, for a block of its rows
         self._lazy_feedback = None
-        self.weight_name, self.rows, self.bias_rows, self.feedback_name = weight_name, rows, bias_rows, feedback_name
+        self.weight_name, self.row_block, self.bias_rows, self.feedback_name = weight_name, rows, bias_rows, feedback_name
         w = getattr(owner, weight_name)
         self.in_features = w.shape[1]
         self.out_features = w.shape[0] if rows is None else len(range(*rows.indices(w.shape[0])))
 
-    # the site contract (channel/backward.py) --------------------------------------------------
-    @property
-    def channel(self):
-        return self._owner.channel
+    bias_name = "in_proj_bias"
 
-    @channel.setter
-    def channel(self, value):
-        self._owner.channel = value
-
-    @property
-    def algorithm(self):
-        return self._owner.channel.algorithm
-
+    # the site contract (channel/backward.py): tensors read off the module (ModuleView) -----------
     @property
     def weight(self):
         w = getattr(self._owner, self.weight_name)
-        return w if self.rows is None else w[self.rows]
+        return w if self.row_block is None else w[self.row_block]
 
     @property
     def bias(self):
@@ -130,24 +98,15 @@ class ProjectionSite(LinearOps, SiteInterface):
     @property
     def feedback(self):
         f = getattr(self._owner, self.feedback_name, None)
-        if f is None or self.rows is None or self._owner.channel.algorithm.route == "skip":
+        if f is None or self.row_block is None or not route_of(self._owner.channel.algorithm).chained:
             return f
-        return f[self.rows]
+        return f[self.row_block]
 
     def set_feedback(self, tensor: torch.Tensor | None, adaptive: bool):
         """Install the feedback tensor of this projection's weight on the module (whole weight only)."""
-        if self.rows is not None:
+        if self.row_block is not None:
             raise RuntimeError("feedback is installed on the whole projection weight, not on a block of its rows")
-        _install(self._owner, self.feedback_name, tensor, adaptive)
-
-    @property
-    def backward_weight(self):   # a distinct backward network's layer held by this site (channel/backward.py)
-        return getattr(self._owner, self.feedback_name.replace("feedback", "backward_weight"))
-
-    def register_buffer(self, name: str, tensor):
-        if name != "backward_weight":
-            raise RuntimeError(f"a projection site holds no buffer {name!r}")
-        self._owner.register_buffer(self.feedback_name.replace("feedback", "backward_weight"), tensor)
+        install(self._owner, self.feedback_name, tensor, adaptive)
 
     def block(self, rows: slice) -> "ProjectionSite":
         """The site of a block of this weight's rows (q, or k and v, of a packed projection)."""
@@ -163,29 +122,12 @@ class ProjectionSite(LinearOps, SiteInterface):
 
     def __call__(self, x):
         """The projection of ``x``, with the learning channel as its backward."""
-        whole = self._whole or self
-        if whole._lazy_feedback is not None and whole._lazy_feedback.wanted(x):   # (rbp.nn.site.Site.forward)
-            lazy, whole._lazy_feedback = whole._lazy_feedback, None
-            whole.set_feedback(*lazy(whole, x))
-        if not torch.is_grad_enabled():
-            return self.affine(x, self.weight, self.bias)
-        pas = self.channel.current_pass()
-        position = pas.enter(self, x)
-        return _ProjectionFunction.apply(x, self.weight, self.bias, self.feedback, self, pas, position)
+        (self._whole or self).materialize(x)
+        return self.site_call(x, self.weight, self.bias, self.feedback)
 
     def __repr__(self):
-        rows = "" if self.rows is None else f"[{self.rows.start}:{self.rows.stop}]"
+        rows = "" if self.row_block is None else f"[{self.row_block.start}:{self.row_block.stop}]"
         return f"ProjectionSite({self.weight_name}{rows}, in={self.in_features}, out={self.out_features})"
-
-
-def _install(module: nn.Module, name: str, tensor, adaptive: bool):
-    module._parameters.pop(name, None)
-    module._buffers.pop(name, None)
-    module.__dict__.pop(name, None)
-    if adaptive and tensor is not None:
-        module.register_parameter(name, nn.Parameter(tensor))
-    else:
-        module.register_buffer(name, tensor)
 
 
 class FeedbackMultiheadAttention(nn.MultiheadAttention):
@@ -430,3 +372,26 @@ def functional_units(model: nn.Module) -> tuple[set, set]:
             n = names.get(mod.activation)
             (known.add(n) if n else unknown.add(_fname(mod.activation)))
     return known, unknown
+
+
+class AttentionAdapter(SiteAdapter):
+    """``nn.MultiheadAttention`` -> :class:`FeedbackMultiheadAttention`: its input projections are sites; its
+    ``out_proj`` (an ``nn.Linear`` child) is classified on its own, as a linear site."""
+
+    name = "attention"
+    claims_children = True
+
+    def check(self, alg, name, module, context):
+        check(alg, context.model, context.layers)
+
+    def build(self, module, info):
+        return convert_attention(module)
+
+    def sites(self, built):
+        return built.sites()
+
+    def out_width(self, module):
+        return module.embed_dim
+
+
+ATTENTION_ADAPTER = AttentionAdapter()

@@ -47,6 +47,7 @@ from ..channel import feedback as fb
 from ..channel.quantize import quantize
 from ..errors import ConfigError, UnsupportedModelError
 from .layers import _CHUNK_ELEMENTS
+from .registry import SiteAdapter
 from .site import Site
 
 
@@ -436,3 +437,30 @@ class EnsembleFlatten(nn.Module):
 
     def extra_repr(self):
         return f"ensemble={self.ensemble}"
+
+
+class ConvAdapter(SiteAdapter):
+    """``nn.Conv1d`` / ``nn.Conv2d`` (and rbp's stacked conv ensembles) -> :class:`FeedbackConvNd`."""
+
+    name = "conv"
+
+    def refuse(self, module):
+        if isinstance(module, StackedConvNd):
+            return None
+        if module.padding_mode != "zeros":
+            return f"padding_mode={module.padding_mode!r}: only 'zeros' is supported"
+        if module.padding == "same" and any(d * (k - 1) % 2 for d, k in zip(module.dilation, module.kernel_size)):
+            return "padding='same' with an even kernel (asymmetric padding) is not supported; pad explicitly"
+        return None
+
+    def build(self, module, info):
+        site = FeedbackConvNd.from_conv(module)
+        shape = info.input_shape          # an ensemble's map holds K networks' channels: keep one's
+        site.input_shape = None if shape is None else (shape[0] // (info.ensemble or 1), *shape[1:])
+        return site
+
+    def out_width(self, module):
+        return module.out_channels
+
+
+CONV = ConvAdapter()

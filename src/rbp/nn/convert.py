@@ -1,46 +1,65 @@
-"""``rbp.convert``: put a learning channel into an ordinary PyTorch model."""
+"""``rbp.convert``: put a learning channel into an ordinary PyTorch model.
+
+Conversion is a pipeline that touches the user's model only at its last step:
+
+1. *classify* every module (:func:`classify`): a **site** (a weight layer that a registered
+   adapter claims, :mod:`rbp.nn.registry`), **structural** (anything else: its backward is
+   autograd's own derivative and its parameters learn from the signal that reaches them),
+   **excluded** (a weight layer left to autograd by ``targets=`` / ``exclude=``) or a container;
+2. *check* everything: each adapter's refusals, the route's, the options' (one line each);
+3. *build* the converted modules and draw their feedback, on new module objects that share
+   the model's Parameter objects;
+4. *swap* them in, wrap the activations for "no f'", scale the weights (``init_scale``) and
+   install the hooks.  Nothing after the first swap can refuse.
+"""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import fnmatch
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
-from ..channel import feedback as fb
 from ..channel.algorithm import Algorithm, algorithm as make_algorithm, training_signature
 from ..channel.backward import Pass
 from ..channel.mirror import mirror_step
 from ..channel.noise import Noise, generator
-from ..channel.routes import Skip, route_of
+from ..channel.routes import route_of
 from ..errors import ConfigError, UnsupportedModelError
-from . import attention
+from . import attention, registry
 from .activations import ELEMENTWISE, NoDerivative, activation_of
 from .conv import EnsembleFlatten, EnsembleFold, FeedbackConvNd, StackedConvNd
 from .embedding import FeedbackEmbedding
-from .layers import FeedbackLinear, StackedLinear
-from . import recurrent
+from .layers import FeedbackLinear
 from .recurrent import RECURRENT, FeedbackRecurrent
+from .registry import BuildInfo, CheckContext
+from .site import Site, placeholder
+from .summary import ConversionReport, UnknownWeightWarning
 
-# Normalisation layers: structural, their affine parameters learn by autograd's rule from the signal the
-# channel delivers at their output (docs/layers.md); refused on the product route (MIXING below).
+
+# Normalisation layers rbp names in its product-route refusal (any other norm is structural as well).
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)
-# Modules between weight layers whose backward is the ordinary one (autograd's): they route,
-# reshape, mask or normalise the signal the channel delivers (see docs/conv.md).  The norms' own
-# affine parameters learn from that signal by autograd's rule.
+# Modules the product route (SBP, twin network) knows how to pass: it hands signals from site to site
+# by position, so anything else between two sites would be skipped silently and is refused there.
 STRUCTURAL = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Softmax, nn.LogSoftmax,
               nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
               nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, *NORMS, EnsembleFold, EnsembleFlatten)
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict) + attention.TRANSFORMER_CONTAINERS
 SITES = (FeedbackLinear, FeedbackConvNd, FeedbackEmbedding, attention.FeedbackMultiheadAttention)
-CONVS = (nn.Conv1d, nn.Conv2d, StackedConvNd)   # what becomes a FeedbackConvNd (StackedConvNd: a conv ensemble)
-SUPPORTED = ("rbp.convert handles nn.Linear, nn.Conv1d and nn.Conv2d (any groups, zero padding), nn.Embedding, "
-             "nn.MultiheadAttention and torch's Transformer layers, and nn.RNN, nn.GRU and nn.LSTM (unidirectional, "
-             "proj_size=0) layers, elementwise activations, Flatten, Dropout, max/average pooling, BatchNorm, "
-             "LayerNorm, RMSNorm and GroupNorm")
+CONVS = (nn.Conv1d, nn.Conv2d, StackedConvNd)
+# torch's weight layers that no built-in adapter serves: refused unless excluded (then autograd trains them)
+UNSERVED = (nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear, nn.EmbeddingBag)
+SUPPORTED = ("rbp.convert serves nn.Linear, nn.Conv1d and nn.Conv2d (any groups, zero padding), nn.Embedding, "
+             "nn.MultiheadAttention and torch's Transformer layers, nn.RNN, nn.GRU and nn.LSTM (unidirectional, "
+             "proj_size=0) and Hugging Face's Conv1D as sites; every other module (BatchNorm, LayerNorm, RMSNorm, "
+             "GroupNorm or any norm, pooling, elementwise functions, ...) is structural (autograd's derivative); "
+             "name a layer in exclude= to leave it to autograd, or add a site with rbp.register_site")
 
 
 class LearningChannel:
@@ -51,6 +70,7 @@ class LearningChannel:
         self.noise = noise
         self.sites = sites
         self.output_size = output_size
+        self.report = None               # the ConversionReport rbp.convert fills in
         self._pass: Pass | None = None
 
     def begin_pass(self, *_):
@@ -61,10 +81,29 @@ class LearningChannel:
             self.current_pass().record(module, inputs[0])
 
     def current_pass(self) -> Pass:
-        """The pass a site entering now belongs to: a new one once the last one's backward has begun."""
-        if self._pass is None or self._pass.started:
-            self._pass = Pass()
-        return self._pass
+        """The pass a site entering now belongs to: a new one once the last one's backward has begun.
+
+        Except during that backward pass itself: a site that runs then is part of a segment that
+        activation checkpointing recomputes, and joins the pass whose backward is running (it reads
+        that pass's output error).
+        """
+        pas = self._pass
+        if pas is None or (pas.started and not (pas.error is not None and _in_backward())):
+            self._pass = pas = Pass()
+        return pas
+
+    def output_names(self) -> list[str]:
+        """Qualified names of the sites that were output layers in the latest pass (their outputs reached
+        the loss without passing another site)."""
+        pas = self._pass
+        if pas is None:
+            return []
+        names = []
+        for p in pas.outputs():
+            name = site_name(pas.order[p])
+            if name not in names:
+                names.append(name)
+        return names
 
     def after_step(self):
         """What the channel does between two training steps, after the optimizer's step.
@@ -75,6 +114,11 @@ class LearningChannel:
         """
         if self.algorithm.mirror_rate:
             mirror_step(self)
+
+
+def _in_backward() -> bool:
+    """Whether autograd's engine is running a backward pass on this thread."""
+    return torch._C._current_graph_task_id() != -1
 
 
 def _seed_list(seed, ensemble):
@@ -91,41 +135,102 @@ def _seed_list(seed, ensemble):
     return seeds
 
 
-def _weight_layers(model: nn.Module):
-    """The model's linear and conv layers in registration order; refuse anything unsupported."""
-    found, bad = [], []
+@dataclasses.dataclass
+class Plan:
+    """What :func:`classify` found in a model (nothing is changed by it)."""
+
+    layers: list          # [(name, module, adapter)] the sites-to-be, registration order
+    structural: list      # [(name, module)] unclaimed modules holding parameters or buffers of their own
+    excluded: list        # [(name, module)] weight layers left to autograd by targets= / exclude=
+    bare: list            # [(qualified name, shape)] parameters of unclaimed modules (cls tokens, layer scales)
+
+    def pairs(self):
+        return [(n, m) for n, m, _ in self.layers]
+
+
+def _matches(patterns, name: str) -> bool:
+    """Whether a module name, or the name of a module it lies in, matches one of the glob patterns."""
+    parts = name.split(".") if name else [""]
+    prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(fnmatch.fnmatchcase(pre, pat) for pat in patterns for pre in prefixes)
+
+
+def _patterns(value, what):
+    if value is None:
+        return None
+    pats = [value] if isinstance(value, str) else list(value)
+    if not pats or not all(isinstance(p, str) and p for p in pats):
+        raise ConfigError(f"{what} must be a module name pattern or a list of them, got {value!r}")
+    return pats
+
+
+def classify(model: nn.Module, alg: Algorithm | None = None, targets=None, exclude=None) -> Plan:
+    """Classify every module of ``model`` (see the module docstring); refuse, in one line, what cannot be served.
+
+    ``targets`` / ``exclude``: glob patterns of module names (a pattern naming a module covers everything
+    inside it); weight layers outside ``targets`` or inside ``exclude`` stay as they are, trained by autograd.
+    """
+    targets, exclude = _patterns(targets, "targets"), _patterns(exclude, "exclude")
+    names = [n for n, _ in model.named_modules()]
+    for pats, what in ((targets, "targets"), (exclude, "exclude")):
+        for pat in pats or ():
+            if not any(_matches([pat], n) for n in names if n):
+                some = ", ".join(n for n in names[1:9]) + (", ..." if len(names) > 9 else "")
+                raise ConfigError(f"{what}: the model has no module named like {pat!r} (its modules: {some})")
+
+    def selected(name):
+        return (targets is None or _matches(targets, name)) and not (exclude and _matches(exclude, name))
+
+    product = alg is not None and alg.route == "product"
+    layers, structural, excluded, bare, bad = [], [], [], [], []
+    inside = []           # modules whose children belong to their adapter
     for name, mod in model.named_modules():
-        if isinstance(mod, SITES + (FeedbackRecurrent,)):
-            raise ConfigError(f"layer {name or 'model'!r} is already converted; convert the original model")
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-            if mod.padding_mode != "zeros":
-                bad.append(f"{name or 'model'} ({type(mod).__name__} with padding_mode={mod.padding_mode!r})")
-            else:
-                found.append((name, mod))
-        elif isinstance(mod, nn.Embedding):
-            what = "max_norm" if mod.max_norm is not None else "sparse=True" if mod.sparse else None
-            if what:
-                bad.append(f"{name or 'model'} (Embedding with {what})")
-            else:
-                found.append((name, mod))
-        elif isinstance(mod, (nn.Linear, StackedLinear, StackedConvNd) + attention.ATTENTION):
-            found.append((name, mod))
-        elif isinstance(mod, RECURRENT):
-            why = recurrent.unsupported_reason(mod)
-            (bad.append(f"{name or 'model'} ({type(mod).__name__} with {why})") if why else found.append((name, mod)))
-        elif isinstance(mod, ELEMENTWISE + STRUCTURAL + CONTAINERS + (NoDerivative,)):
+        if any(name.startswith(pre + ".") for pre in inside):
             continue
-        elif any(True for _ in mod.parameters(recurse=False)) or any(True for _ in mod.buffers(recurse=False)):
-            bad.append(f"{name or 'model'} ({type(mod).__name__})")
-        elif type(mod).__module__.startswith("torch.nn") and mod is not model:
-            bad.append(f"{name} ({type(mod).__name__})")
+        label = name or "model"
+        if isinstance(mod, SITES + (FeedbackRecurrent,)):
+            raise ConfigError(f"layer {label!r} is already converted; convert the original model")
+        adapter = registry.adapter_for(mod)
+        own = [n for n, _ in mod.named_parameters(recurse=False)] + [n for n, _ in mod.named_buffers(recurse=False)]
+        if adapter is not None:
+            if not adapter.claims_children:
+                inside.append(name)
+            if not selected(name):
+                excluded.append((name, mod))
+                continue
+            why = adapter.refuse(mod)
+            if not name:
+                raise UnsupportedModelError(f"the model is itself one {type(mod).__name__}; wrap it in "
+                                            "nn.Sequential to convert it")
+            if why:
+                bad.append(f"{label} ({type(mod).__name__} with {why})")
+            else:
+                layers.append((name, mod, adapter))
+            continue
+        if isinstance(mod, UNSERVED):
+            if selected(name):
+                bad.append(f"{label} ({type(mod).__name__})")
+            else:
+                excluded.append((name, mod))
+                inside.append(name)
+            continue
+        if product and not isinstance(mod, ELEMENTWISE + STRUCTURAL + CONTAINERS + (NoDerivative,)) and (
+                own or (type(mod).__module__.startswith("torch.nn") and mod is not model)):
+            bad.append(f"{label} ({type(mod).__name__}: the product route passes only the structural layers it "
+                       "knows)")
+            continue
+        if own and (targets or exclude) and not selected(name):
+            excluded.append((name, mod))      # left to autograd on purpose: not watched for hidden weights
+        elif own:
+            structural.append((name, mod))
+            bare += [(f"{name}.{n}" if name else n, tuple(t.shape)) for n, t in mod.named_parameters(recurse=False)]
     if bad:
-        raise UnsupportedModelError(
-            "unsupported layer(s): " + ", ".join(bad) + "; " + SUPPORTED)
-    if not found:
-        raise UnsupportedModelError("the model has no nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding or recurrent "
-                                    "layer to train")
-    return found
+        raise UnsupportedModelError("unsupported layer(s): " + ", ".join(bad) + "; " + SUPPORTED)
+    if not layers:
+        raise UnsupportedModelError("the model has no weight layer rbp serves (nn.Linear, nn.Conv1d, nn.Conv2d, "
+                                    "nn.Embedding, attention, recurrent layers, registered sites)"
+                                    + (" among the targets" if targets or exclude else ""))
+    return Plan(layers, structural, excluded, bare)
 
 
 def _set_module(root: nn.Module, name: str, new: nn.Module):
@@ -136,40 +241,113 @@ def _set_module(root: nn.Module, name: str, new: nn.Module):
     setattr(parent, last, new)
 
 
-def _discover(model, layers, example_input):
-    """Execution order of the weight layers and the shape of each one's input (one forward pass).
+# Functions that multiply their inputs together (a matrix product or a convolution).
+_MULTIPLIES = {"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "addmm", "addmm_", "baddbmm", "addbmm", "mv",
+               "addmv", "einsum", "linear", "bilinear", "tensordot", "inner", "conv1d", "conv2d", "conv3d",
+               "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "embedding_bag"}
+
+
+class _WeightProbe(TorchFunctionMode):
+    """Watches one forward pass for multiplications of the signal by parameters that no site holds.
+
+    A tensor computed from the model's own state alone (parameters and buffers: a view of a weight, a
+    masked or normalised weight) stays the weight it came from; a product of such a tensor with anything
+    computed from the input is a hidden weight layer.
+    """
+
+    def __init__(self, watched: dict, state=()):
+        super().__init__()
+        self.watched = dict(watched)       # id(tensor) -> (qualified parameter name, tensor kept alive)
+        self.state = {id(t): t for t in state}
+        self.state.update({k: t for k, (_, t) in watched.items()})
+        self.found = {}                    # parameter name -> the function that multiplied by it
+
+    def _name(self, t):
+        hit = self.watched.get(id(t))
+        return hit[0] if hit is not None and hit[1] is t else None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = list(_tensor_args(args, kwargs))
+        if not inputs:
+            return out
+        names = [h for h in map(self._name, inputs) if h]
+        from_state = all(self.state.get(id(t)) is t for t in inputs)
+        if from_state:
+            for o in (out if isinstance(out, (tuple, list)) else (out,)):
+                if isinstance(o, torch.Tensor):
+                    self.state[id(o)] = o
+                    if names:
+                        self.watched[id(o)] = (names[0], o)
+        elif names and getattr(func, "__name__", "") in _MULTIPLIES:
+            for h in names:
+                self.found.setdefault(h, func.__name__)
+        return out
+
+
+def _tensor_args(args, kwargs):
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            yield a
+        elif isinstance(a, (tuple, list)):
+            yield from (t for t in a if isinstance(t, torch.Tensor))
+
+
+def _watched_parameters(model: nn.Module, plan: Plan) -> dict:
+    """The matrix-shaped parameters of structural modules, by id (what a hidden weight layer would multiply by)."""
+    held = {id(p) for _, m, _ in plan.layers for p in m.parameters()}
+    held |= {id(p) for _, m in plan.excluded for p in m.parameters()}
+    watched = {}
+    for name, mod in plan.structural:
+        for pname, p in mod.named_parameters(recurse=False):
+            if p.dim() >= 2 and sum(d > 1 for d in p.shape) >= 2 and id(p) not in held:
+                watched[id(p)] = (f"{name}.{pname}" if name else pname, p)
+    return watched
+
+
+def _discover(model, layers, example_input, watched=None):
+    """Execution order of the weight layers, the shape of each one's input, and the hidden weight layers
+    (one forward pass).
 
     Without ``example_input`` the order is the registration order and the shapes are unknown.
     The pass runs in eval mode (BatchNorm's running statistics and dropout are untouched) and
-    without gradients; the training flags are restored afterwards.
+    without gradients; the training flags are restored afterwards.  ``layers``: (name, module, adapter).
     """
     if example_input is None:
-        return layers, {}
+        return layers, {}, None
     order, shapes = [], {}
 
     def hook(mod, inputs, output, name):
         order.append(name)
-        shapes.setdefault(name, tuple(inputs[0].shape[1:]))
+        if inputs and isinstance(inputs[0], torch.Tensor):
+            shapes.setdefault(name, tuple(inputs[0].shape[1:]))
         if isinstance(mod, attention.ATTENTION):   # torch's attention uses out_proj's weights, not the module
             order.append(f"{name}.out_proj" if name else "out_proj")
 
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n, m in layers]
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n, m, _ in layers]
     modes = {m: m.training for m in model.modules()}
+    probe = _WeightProbe(watched or {}, [*model.parameters(), *model.buffers()])
     try:
         model.eval()
-        with torch.no_grad():
-            model(example_input)
+        with torch.no_grad(), probe:
+            if isinstance(example_input, dict):
+                model(**example_input)
+            elif isinstance(example_input, (tuple, list)):
+                model(*example_input)
+            else:
+                model(example_input)
     finally:
         for h in hooks:
             h.remove()
         for m, mode in modes.items():
             m.training = mode
-    by_name = dict(layers)
+    by_name = {n: (n, m, a) for n, m, a in layers}
     seen = []
     for n in order:
-        if n not in seen:
+        if n not in seen and n in by_name:
             seen.append(n)
-    return [(n, by_name[n]) for n in seen] + [(n, m) for n, m in layers if n not in seen], shapes
+    return [by_name[n] for n in seen] + [t for t in layers if t[0] not in seen], shapes, probe.found
 
 
 # Structural layers that the product route (SBP) passes by the transposed forward matrix they applied
@@ -198,15 +376,11 @@ def _check_product_route(alg: Algorithm, model: nn.Module):
                               "with no forward matrix to transpose (use bp, rbp or srbp)")
 
 
-def _check_ensemble_layers(model: nn.Module, layers, ensemble):
+def _check_ensemble_layers(model: nn.Module, layers, ensemble, plan: Plan):
     """Refuse, in an ensemble model, the layers that cannot keep K members apart (one line each)."""
     if not ensemble:
         return
     for name, mod in [*layers, *model.named_modules()]:
-        if isinstance(mod, nn.Embedding):
-            raise UnsupportedModelError(f"Embedding ({name}) in an ensemble model: one table would be shared by "
-                                        f"the {ensemble} members and rbp has no stacked embedding; train the "
-                                        "members one by one")
         if isinstance(mod, (nn.LayerNorm, nn.RMSNorm)):
             raise UnsupportedModelError(f"{type(mod).__name__} ({name}) in an ensemble model: its affine parameters "
                                         f"(and, on a conv map, its statistics) would be shared by the {ensemble} "
@@ -215,6 +389,12 @@ def _check_ensemble_layers(model: nn.Module, layers, ensemble):
             raise UnsupportedModelError(f"GroupNorm ({name}) with {mod.num_groups} groups in an ensemble of "
                                         f"{ensemble}: a group would straddle two members' channels; use a "
                                         f"multiple of {ensemble} groups (each member's groups side by side)")
+    for name, mod in plan.structural:
+        if not isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)) and any(
+                True for _ in mod.parameters(recurse=False)):
+            raise UnsupportedModelError(f"{type(mod).__name__} ({name or 'model'}) in an ensemble model: its "
+                                        f"parameters would be shared by the {ensemble} members; train the members "
+                                        "one by one")
 
 
 def _route_structure(alg: Algorithm, model: nn.Module, channel):
@@ -237,18 +417,9 @@ def _declared_example(model, layers):
     return torch.zeros(*((K,) if K else ()), 1, *shape, dtype=w.dtype, device=w.device)
 
 
-def _check_embedding_options(alg: Algorithm, layers):
-    """Refuse what the learning channel does not define for embeddings (one line)."""
-    emb = [n for n, m in layers if isinstance(m, nn.Embedding)]
-    if emb and alg.feedback.per_synapse and alg.random_feedback:
-        raise ConfigError(f"feedback 'per-synapse' is not defined for an Embedding ({emb[0] or 'model'}): it would "
-                          "need one error vector per entry of the table, and the per-synapse rule is stated for "
-                          "dense layers of an MLP")
-
-
 def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_size: int | None = None,
-            example_input: torch.Tensor | None = None, inplace: bool = False,
-            member_algorithms: Sequence | None = None, **options) -> nn.Module:
+            example_input=None, inplace: bool = False, member_algorithms: Sequence | None = None,
+            targets=None, exclude=None, **options) -> nn.Module:
     """Return ``model`` trained by the learning channel of ``algorithm``.
 
     After ``loss.backward()`` every parameter's ``.grad`` holds the algorithm's
@@ -311,86 +482,136 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     if alg.blocks:      # srbp's block mode: chained sites, C_k E^L at the blocks' outputs (nn/blocks.py)
         from .blocks import convert_blocks
         return convert_blocks(model, alg, seed=seed, output_size=output_size, example_input=example_input,
-                              inplace=inplace, member_algorithms=member_algorithms)
-    if not inplace:
-        model = copy.deepcopy(model)
-    found = _weight_layers(model)
-    alg = _resolve_units(alg, model)
+                              inplace=inplace, member_algorithms=member_algorithms, targets=targets,
+                              exclude=exclude)
+    if getattr(model, "rbp_channel", None) is not None:
+        raise ConfigError("the model is already converted; convert the original model")
+    work = model if inplace else copy.deepcopy(model)
+
+    # 1. classify (nothing changes in the model until step 4)
+    plan = classify(work, alg, targets, exclude)
+    alg = _resolve_units(alg, work)
     if example_input is None:
-        example_input = _declared_example(model, found)
-    layers, shapes = _discover(model, found, example_input)
-    _check_embedding_options(alg, layers)
-    _check_product_route(alg, model)
-    recurrent.check_options(alg, layers)
-    attention.check(alg, model, layers)
-    ensembles = {getattr(m, "ensemble", None) for _, m in layers}
-    if len(ensembles) > 1 and any(isinstance(m, nn.Embedding) for _, m in layers):
-        _check_ensemble_layers(model, layers, max(e for e in ensembles if e))
+        example_input = _declared_example(work, plan.pairs())
+    watched = _watched_parameters(work, plan)
+    layers, shapes, hidden = _discover(work, plan.layers, example_input, watched)
+    if not watched:
+        hidden = {}
+    pairs = [(n, m) for n, m, _ in layers]
+
+    # 2. check everything
+    ensembles = {a.ensemble_of(m) for _, m, a in layers}
+    context = CheckContext(work, pairs, max((e for e in ensembles if e), default=None))
+    for name, mod, adapter in layers:
+        adapter.check(alg, name, mod, context)
+    _check_product_route(alg, work)
     if len(ensembles) > 1:
         raise UnsupportedModelError("mixing ensemble and single-network layers in one model is not supported")
     ensemble = ensembles.pop()
-    _check_ensemble_layers(model, layers, ensemble)
+    _check_ensemble_layers(work, pairs, ensemble, plan)
     seeds = _seed_list(seed, ensemble)
-    top = layers[-1][1]
-    top_size = _out_width(top)
-    if output_size is not None:     # the output layer's width, where the last layer registered is not the output
-        top_size = output_size
+    top_size = output_size if output_size is not None else layers[-1][2].out_width(layers[-1][1])
 
-    sites = []
-    for name, layer in layers:
-        if isinstance(layer, attention.ATTENTION):     # its out_proj follows as a linear layer
-            site = attention.convert_attention(layer)
-            _set_module(model, name, site)
-            sites.extend(site.sites())
-            continue
-        if isinstance(layer, RECURRENT):
-            site = recurrent.convert_recurrent(layer)
-        elif isinstance(layer, nn.Embedding):
-            site = FeedbackEmbedding.from_embedding(layer)
-        elif isinstance(layer, CONVS):
-            site = FeedbackConvNd.from_conv(layer)
-            shape = shapes.get(name)          # an ensemble's map holds K networks' channels: keep one's
-            site.input_shape = None if shape is None else (shape[0] // (ensemble or 1), *shape[1:])
-        else:
-            site = FeedbackLinear(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                                  ensemble=ensemble, device=layer.weight.device, dtype=layer.weight.dtype)
-            site.weight = layer.weight
-            site.bias = layer.bias
-        _set_module(model, name, site)
-        sites.append(site)
+    # 3. build the converted modules (new objects sharing the model's Parameters) and their feedback
+    built, sites = [], []
+    for name, layer, adapter in layers:
+        new = adapter.build(layer, BuildInfo(name, shapes.get(name), ensemble))
+        built.append((name, new))
+        for i, site in enumerate(adapter.sites(new)):
+            _name_site(site, name, new)
+            sites.append(site)
     route_of(alg).validate(sites)
-
-    if not alg.derivative:
-        for name, mod in list(model.named_modules()):
-            if isinstance(mod, ELEMENTWISE) and name:
-                _set_module(model, name, NoDerivative(mod))
-
-    # a recurrent module holds one site per weight matrix (nn/recurrent.py); the channel lists them all
-    flat = [s for site in sites for s in (site.rbp_sites if isinstance(site, FeedbackRecurrent) else (site,))]
-    channel = LearningChannel(alg, Noise(seeds, ensemble=bool(ensemble)), flat, top_size)
-    for site in sites:
-        site.channel = channel
-    members = _member_algorithms(alg, member_algorithms, ensemble, model)
-    with torch.no_grad():
-        if members is None and alg.init_scale != 1.0:
-            for site in flat:
-                site.weight.mul_(alg.init_scale)
-        for k, a in enumerate(members or ()):
-            if a.init_scale != 1.0:
-                for site in sites:
-                    site.weight[k].mul_(a.init_scale)
+    held = set()
+    for site in sites:      # a weight tied to an earlier site's: the shared weight decay is added once
+        site.rbp_shares_weight = id(site.weight) in held
+        held.add(id(site.weight))
+    channel = LearningChannel(alg, Noise(seeds, ensemble=bool(ensemble)), sites, top_size)
+    for _, new in built:
+        new.channel = channel
+    members = _member_algorithms(alg, member_algorithms, ensemble, work)
     _init_feedback(sites, alg, seeds, ensemble, members, n_top=top_size)
-    model.register_forward_pre_hook(channel.begin_pass)
-    _route_structure(alg, model, channel)
-    model.rbp_channel = channel
-    return model
+    tied = _tied_parameters(work, plan)
+
+    # 4. swap: nothing below refuses
+    for name, new in built:
+        _set_module(work, name, new)
+    if not alg.derivative:
+        for name, mod in list(work.named_modules()):
+            if isinstance(mod, ELEMENTWISE) and name:
+                _set_module(work, name, NoDerivative(mod))
+    with torch.no_grad():
+        scaled = set()
+        for site in sites:
+            w = site.weight
+            if id(w) in scaled:            # a tied weight is scaled once
+                continue
+            scaled.add(id(w))
+            if members is None and alg.init_scale != 1.0:
+                w.mul_(alg.init_scale)
+            for k, a in enumerate(members or ()):
+                if a.init_scale != 1.0:
+                    w[k].mul_(a.init_scale)
+    work.register_forward_pre_hook(channel.begin_pass)
+    _route_structure(alg, work, channel)
+    work.rbp_channel = channel
+    channel.report = ConversionReport(alg, sites, plan, tied, hidden)
+    if hidden:
+        channel.report.warn_hidden()
+    elif watched and hidden is None:
+        _probe_first_pass(work, channel, watched)
+    return work
 
 
-def _out_width(layer) -> int:
-    """Units (channels) of a weight layer's output."""
-    if isinstance(layer, (nn.Embedding, FeedbackEmbedding)):
-        return layer.embedding_dim
-    return layer.out_channels if isinstance(layer, (*CONVS, FeedbackConvNd)) else layer.out_features
+def site_name(site) -> str:
+    """The qualified name rbp.convert gave a site (a module's name, or module.weight_name for a module view)."""
+    return getattr(site, "rbp_name", None) or type(site).__name__
+
+
+def _name_site(site, name: str, built: nn.Module):
+    if isinstance(site, nn.Module):
+        site.rbp_name = name
+        return
+    label = f"{name}.{site.weight_name}" if name else site.weight_name
+    site.rbp_name = label
+    for block in getattr(built, "_rbp_blocks", {}).values():     # attention's row blocks of a packed weight
+        if block._whole is site:
+            rows = block.row_block
+            block.rbp_name = f"{label}[{rows.start}:{rows.stop}]"
+
+
+def _tied_parameters(model: nn.Module, plan: Plan) -> list:
+    """Groups of names under which one Parameter object appears (tied weights), where a site holds it."""
+    held = {id(p) for _, m, _ in plan.layers for p in m.parameters()}
+    by_id = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    return [names for pid, names in by_id.items() if len(names) > 1 and pid in held]
+
+
+def _probe_first_pass(model: nn.Module, channel, watched: dict):
+    """Without an example input: watch the first forward pass with gradients for hidden weight layers."""
+    state = {}
+
+    def begin(module, args):
+        if state or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return
+        state["probe"] = _WeightProbe(watched, [*model.parameters(), *model.buffers()])
+        state["probe"].__enter__()
+
+    def end(module, args, output):
+        probe = state.get("probe")
+        if probe is None or state.get("done"):
+            return
+        state["done"] = True
+        probe.__exit__(None, None, None)
+        pre.remove()
+        post.remove()
+        channel.report.hidden = probe.found
+        if probe.found:
+            channel.report.warn_hidden()
+
+    pre = model.register_forward_pre_hook(begin)
+    post = model.register_forward_hook(end, always_call=True)
 
 
 def _resolve_units(alg: Algorithm, model: nn.Module) -> Algorithm:
@@ -445,18 +666,10 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Se
     specs = [a.feedback for a in members]
     scales = [a.feedback_scale for a in members]
     gens = [generator(s, "feedback") for s in seeds]
-    n_top = _out_width(sites[-1]) if n_top is None else n_top
 
     for i, site in enumerate(sites):
-        if isinstance(site, FeedbackEmbedding):
-            continue  # its input is indices: nothing travels below an embedding, so it holds no feedback
-        if isinstance(site, FeedbackRecurrent):   # draws its own matrices (nn/recurrent.py)
-            site.init_feedback(lambda s, shape, ch, sign_of: _members(specs, shape, gens, s, ch, sign_of, ensemble,
-                                                                       scales),
-                               specs, chained=route.chained, first=i == 0,
-                               skip_rows=route._reads(sites, i, n_top) if isinstance(route, Skip) else None,
-                               adaptive=route.feedback_adaptive, check=lambda f, w: _check_sparse(specs, f, w))
-            continue
+        if not site.receives_feedback:
+            continue  # its input is not a signal (an embedding's indices): nothing travels below it
         shape = route.feedback_shape(sites, i, n_top)
         if shape is None:
             fed = route.fed_feedback_shape(sites, i, n_top) if i == 0 else None
@@ -465,6 +678,7 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Se
             continue
         if shape[-1] is None:        # a skip matrix for a conv input map: sized at the first forward pass
             site._lazy_feedback = _LazyFeedback(route, specs, scales, seeds, i, shape, ensemble)
+            _hold_place(site, shape)
             continue
         kernel = route.chained and len(shape) > 2
         fan_out = math.prod(shape[1:]) if kernel else shape[-1]
@@ -481,6 +695,14 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Se
         _check_sparse(specs, shape[-1], f"of the distinct network's layer {k}")
         sites[position].register_buffer("backward_weight", _members(specs, shape, gens, sites[position], False,
                                                                     lambda k: None, ensemble, scales))
+
+
+def _hold_place(site, shape):
+    """An adaptive feedback tensor drawn at the first pass is a Parameter from now on (an empty placeholder,
+    filled in place), so an optimizer built right after rbp.convert updates it."""
+    if site._lazy_feedback.adaptive and isinstance(site, nn.Module):
+        w = site.weight
+        placeholder(site, "feedback", shape[0], w.dtype, w.device)
 
 
 def _check_sparse(specs, fan_out, where):
@@ -524,6 +746,11 @@ class _LazyFeedback:
 
         gens = [generator(s, f"feedback-lazy-{self.index}", x.device) for s in self.seeds]
         tensor = _members(self.specs, shape, gens, site, self.route.chained, sign_of, self.ensemble, self.scales)
+        if self.only_if_fed and self.adaptive:
+            warnings.warn(f"rbp: {site_name(site)} is registered first but reads a computed input, so its adaptive "
+                          "feedback became a new parameter at this first forward pass; an optimizer built before it "
+                          "does not update it (pass example_input= to rbp.convert to find the order up front)",
+                          UserWarning, stacklevel=2)
         return tensor.to(x.device), self.adaptive
 
 

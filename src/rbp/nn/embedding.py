@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from ..channel.quantize import quantize
 from ..errors import UnsupportedModelError
+from .registry import SiteAdapter
 from .site import Site
 
 
@@ -47,6 +48,7 @@ class FeedbackEmbedding(Site):
 
     kind = "embedding"
     bias = None
+    receives_feedback = False       # its input is indices: nothing travels below it
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, scale_grad_by_freq=False,
                  device=None, dtype=None):
@@ -132,3 +134,37 @@ class FeedbackEmbedding(Site):
         freq = ", scale_grad_by_freq=True" if self.scale_grad_by_freq else ""
         alg = f", algorithm={self.channel.algorithm.describe()}" if self.channel is not None else ""
         return f"{self.num_embeddings}, {self.embedding_dim}{pad}{freq}{alg}"
+
+
+class EmbeddingAdapter(SiteAdapter):
+    """``nn.Embedding`` -> :class:`FeedbackEmbedding` (a bottom layer: it holds no feedback)."""
+
+    name = "embedding"
+
+    def refuse(self, module):
+        if module.max_norm is not None:
+            return f"max_norm={module.max_norm}: the forward pass renormalises the table in place, which the " \
+                   "learning channel does not model"
+        if module.sparse:
+            return "sparse=True: the learning channel gives dense updates"
+        return None
+
+    def check(self, alg, name, module, context):
+        from ..errors import ConfigError
+        if alg.feedback.per_synapse and alg.random_feedback:
+            raise ConfigError(f"feedback 'per-synapse' is not defined for an Embedding ({name or 'model'}): it "
+                              "would need one error vector per entry of the table, and the per-synapse rule is "
+                              "stated for dense layers of an MLP")
+        if context.ensemble:
+            raise UnsupportedModelError(f"Embedding ({name}) in an ensemble model: one table would be shared by "
+                                        f"the {context.ensemble} members and rbp has no stacked embedding; train "
+                                        "the members one by one")
+
+    def build(self, module, info):
+        return FeedbackEmbedding.from_embedding(module)
+
+    def out_width(self, module):
+        return module.embedding_dim
+
+
+EMBEDDING = EmbeddingAdapter()

@@ -19,33 +19,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..channel import feedback as fb
-from ..channel.backward import SITE_NODES, Pass, site_backward
+from ..channel.backward import Pass
 from ..channel.quantize import quantize
 from . import _qkernel
-from .site import Site
+from .registry import SiteAdapter
+from .site import Site, SiteFunction
 
 _CHUNK_ELEMENTS = 1 << 20  # per-example updates are formed in chunks of at most this many numbers
 
 
-class _SiteFunction(torch.autograd.Function):
-    """Forward: the layer's ordinary affine map.  Backward: the learning channel."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, fbk, site, pas, position):
-        ctx.site, ctx.pas, ctx.position = site, pas, position
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, weight, fbk)
-        return site.affine(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, weight, fbk = ctx.saved_tensors
-        J, gW, gb, gF = site_backward(ctx.site, ctx.pas, ctx.position, g, x, weight, fbk,
-                                      ctx.needs_input_grad[:4])
-        return J, gW, gb, gF, None, None, None
-
-
-SITE_NODES.add(_SiteFunction._backward_cls)   # how a Pass recognises a site in the autograd graph
+_SiteFunction = SiteFunction   # the one Function of every site (rbp.nn.site)
 
 
 class LinearOps:
@@ -117,7 +100,7 @@ class LinearOps:
         lead = error.dim() - 1
         if x.dim() > error.dim() and tuple(x.shape[:lead]) == tuple(error.shape[:lead]):
             x = x.sum(dim=tuple(range(lead, x.dim() - 1)))
-        return self.grad_weight(error, x)
+        return LinearOps.grad_weight(self, error, x)       # in C's (N_L, in) orientation, whatever W's is
 
     def per_synapse_update(self, error, g, x, P):
         """Weight and bias updates when every synapse has its own feedback vector.
@@ -242,3 +225,20 @@ class StackedLinear(LinearOps, nn.Module):
 
 def new_pass() -> Pass:
     return Pass()
+
+
+class LinearAdapter(SiteAdapter):
+    """``nn.Linear`` (and rbp's stacked ensemble layer) -> :class:`FeedbackLinear`."""
+
+    name = "linear"
+
+    def build(self, module, info):
+        site = FeedbackLinear(module.in_features, module.out_features, bias=module.bias is not None,
+                              ensemble=self.ensemble_of(module), device=module.weight.device,
+                              dtype=module.weight.dtype)
+        site.weight = module.weight
+        site.bias = module.bias
+        return site
+
+
+LINEAR = LinearAdapter()

@@ -9,10 +9,10 @@ objects that drive the channel's one backward step
 (:func:`rbp.channel.backward.site_backward`) for a weight the module owns:
 
 * the input-to-hidden site (``weight_ih_l{k}``) runs once per pass on the whole
-  sequence, x (T, B, in) -> W_ih x + b_ih (T, B, G*H), through ``_SiteFunction``
+  sequence, x (T, B, in) -> W_ih x + b_ih (T, B, G*H), through ``SiteFunction``
   like a ``FeedbackLinear`` on a sequence;
 * the hidden-to-hidden site (``weight_hh_l{k}``) is one weight used at T time steps.
-  At each step the product W_hh h_{t-1} + b_hh runs through ``_SiteFunction`` with a
+  At each step the product W_hh h_{t-1} + b_hh runs through ``SiteFunction`` with a
   *step site* that only carries the signal back (through W_hh^T for bp, through the
   fixed matrix ``feedback_hh_l{k}`` for rbp, nothing on the skipped route); the
   weight's update over the whole sequence is formed once, by
@@ -36,8 +36,9 @@ from torch.nn.utils.rnn import PackedSequence
 from ..channel import feedback as fb
 from ..channel.backward import SITE_NODES, feedback_matrix, site_backward
 from ..errors import ConfigError, UnsupportedModelError
-from .layers import LinearOps, _SiteFunction
-from .site import SiteInterface
+from .layers import LinearOps
+from .registry import SiteAdapter
+from .site import ModuleView, SiteFunction
 
 RECURRENT = (nn.RNN, nn.GRU, nn.LSTM)
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4}
@@ -52,15 +53,14 @@ def unsupported_reason(mod: nn.Module) -> str | None:
     return None
 
 
-class _RecurrentSite(LinearOps, SiteInterface):
+class _RecurrentSite(LinearOps, ModuleView):
     """One weight matrix of a recurrent module as a site; the tensors stay on the module."""
 
-    ensemble = None
     kind = "recurrent"
     backward_weight = None       # no distinct backward network reaches a recurrent layer (refused)
 
     def __init__(self, module, kind: str, layer: int):
-        self.module = module
+        self._owner = module
         self.matrix = kind                      # "ih" or "hh"
         self.weight_name = f"weight_{kind}_l{layer}"
         self.bias_name = f"bias_{kind}_l{layer}" if module.bias else None
@@ -68,28 +68,8 @@ class _RecurrentSite(LinearOps, SiteInterface):
         module.register_buffer(self.feedback_name, None)
 
     @property
-    def channel(self):
-        return self.module.channel
-
-    @channel.setter
-    def channel(self, value):       # the module's channel: all its matrices' (diagnostics detach it)
-        self.module.channel = value
-
-    @property
-    def algorithm(self):
-        return self.module.channel.algorithm
-
-    @property
-    def weight(self):
-        return getattr(self.module, self.weight_name)
-
-    @property
-    def bias(self):
-        return None if self.bias_name is None else getattr(self.module, self.bias_name)
-
-    @property
-    def feedback(self):
-        return getattr(self.module, self.feedback_name)
+    def module(self):
+        return self._owner
 
     @property
     def out_features(self) -> int:
@@ -104,19 +84,6 @@ class _RecurrentSite(LinearOps, SiteInterface):
 
     def skip_width(self):
         return self.in_features
-
-    def set_feedback(self, tensor: torch.Tensor | None, adaptive: bool):
-        """Install this weight's learning-channel matrix on the module, under ``feedback_name``."""
-        m, name = self.module, self.feedback_name
-        m._parameters.pop(name, None)
-        m._buffers.pop(name, None)
-        if adaptive and tensor is not None:
-            m.register_parameter(name, nn.Parameter(tensor))
-        else:
-            m.register_buffer(name, tensor)
-
-    def __repr__(self):
-        return f"{type(self).__name__}({self.weight_name})"
 
 
 class InputSite(_RecurrentSite):
@@ -159,6 +126,8 @@ class InputSite(_RecurrentSite):
 
 class HiddenSite(_RecurrentSite):
     """``weight_hh_l{k}``: its update over the whole sequence (x = h_0 .. h_{T-1}, (T, B, H))."""
+
+    skip_receives = False        # the skipped route sends nothing back through W_hh
 
     def __init__(self, module, kind, layer):
         super().__init__(module, kind, layer)
@@ -208,11 +177,15 @@ class _SequenceUpdate(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight, bias, fbk, site, pas, position, inputs, shape):
+    def forward(weight, bias, fbk, site, pas, position, inputs, shape):
+        return weight.new_zeros(shape)
+
+    @staticmethod
+    def setup_context(ctx, inputs_, output):
+        weight, _, fbk, site, pas, position, inputs, _ = inputs_
         ctx.site, ctx.pas, ctx.position, ctx.inputs = site, pas, position, inputs
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(weight, fbk)
-        return weight.new_zeros(shape)
 
     @staticmethod
     def backward(ctx, g):
@@ -272,32 +245,6 @@ class FeedbackRecurrent:
         new.train(mod.training)
         return new
 
-    def init_feedback(self, draw, specs, *, chained: bool, first: bool, skip_rows: int, adaptive: bool, check):
-        """Draw this module's feedback (called by rbp.convert's ``_init_feedback``).
-
-        ``draw(site, shape, chained, sign_of)`` draws one tensor; ``first``: the module is
-        the network's first weight layer (its input is the data, nothing below learns).
-        Chained routes: ``feedback_hh_l{k}`` of W_hh's shape for every layer and
-        ``feedback_ih_l{k}`` of W_ih's shape except for the data's layer.  The skipped
-        route: ``feedback_ih_l{k}`` (skip_rows, in) for every input that something below
-        sends (the hidden-to-hidden sites carry nothing back on it).
-        """
-        for site in self.rbp_sites:
-            if site.matrix == "ih" and site.weight_name == "weight_ih_l0" and first:
-                continue
-            if site.matrix == "hh" and not chained:
-                continue
-            if chained:
-                shape, what = tuple(site.weight.shape), f"{site.weight_name}'s learning channel"
-            else:
-                shape, what = (skip_rows, site.in_features), f"the skip matrix to {site.weight_name}'s input"
-            check(shape[-1], f"of {what}")
-
-            def sign_of(k, site=site):
-                return site.weight.detach() if specs[k].needs_forward_sign else None
-
-            site.set_feedback(draw(site, shape, chained, sign_of), adaptive)
-
     def forward(self, input, hx=None):
         if self.channel is None:                 # not converted: torch's own
             return super().forward(input, hx)
@@ -324,7 +271,8 @@ class FeedbackRecurrent:
         layer_input, hn, cn = x, [], []
         for k in range(L):
             ih, hh = self.rbp_sites[2 * k], self.rbp_sites[2 * k + 1]
-            gi = _SiteFunction.apply(layer_input, ih.weight, ih.bias, ih.feedback, ih, pas, pas.enter(ih, layer_input))
+            ih.materialize(layer_input)
+            gi = SiteFunction.apply(layer_input, ih.weight, ih.bias, ih.feedback, ih, pas, pas.enter(ih, layer_input))
             W, b, fbk = hh.weight, hh.bias, hh.feedback
             if fbk is not None and alg.feedback.refreshed and torch.is_grad_enabled():
                 with torch.no_grad():          # once per pass for all T steps
@@ -337,7 +285,7 @@ class FeedbackRecurrent:
             for t, (gi_t, upd_t) in enumerate(zip(gi.unbind(0), upd.unbind(0))):
                 inputs.append(h.detach())
                 if chained:      # the signal through W_hh^T or its feedback; no update here
-                    gh = _SiteFunction.apply(h, Wd, bd, fd, hh.step, pas, pas.enter(hh.step, h))
+                    gh = SiteFunction.apply(h, Wd, bd, fd, hh.step, pas, pas.enter(hh.step, h))
                 else:            # skipped route (and top): nothing travels back through W_hh
                     gh = F.linear(h.detach(), Wd, bd)
                 h, c = _cell(self.mode, gi_t, gh + upd_t, h, c)
@@ -425,3 +373,27 @@ def check_options(alg, layers) -> None:
     if m and any(isinstance(mm, RECURRENT) for _, mm in layers[len(layers) - m:]):
         raise ConfigError(f"a distinct learning network of {m} layer(s) is held by the top {m} weight layer(s), "
                           f"and {what} is among them; use fewer backward_hidden layers")
+
+
+class RecurrentAdapter(SiteAdapter):
+    """``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` -> the Feedback classes above: one site per weight matrix."""
+
+    name = "recurrent"
+
+    def refuse(self, module):
+        return unsupported_reason(module)
+
+    def check(self, alg, name, module, context):
+        check_options(alg, context.layers)
+
+    def build(self, module, info):
+        return convert_recurrent(module)
+
+    def sites(self, built):
+        return list(built.rbp_sites)
+
+    def out_width(self, module):
+        return module.hidden_size
+
+
+RECURRENT_ADAPTER = RecurrentAdapter()

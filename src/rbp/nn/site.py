@@ -51,6 +51,8 @@ class SiteInterface(abc.ABC):
     per_synapse_defined = False     # observation 7's per-synapse feedback has a meaning here
     can_be_skip_top = False         # may be the output layer whose error the skipped route projects
     skip_sign_defined = False       # the product of forward matrices above it is a matrix (congruent SRBP)
+    receives_feedback = True        # False: its input is not a signal (an embedding's indices): no feedback
+    skip_receives = True            # False: the skipped route sends nothing to its input (a recurrent W_hh)
 
     channel = None                  # the shared LearningChannel (set by rbp.convert); None: plain autograd
     ensemble = None                 # None, or K networks side by side
@@ -121,6 +123,160 @@ class SiteInterface(abc.ABC):
     def set_feedback(self, tensor, adaptive: bool):
         """Install the learning-channel tensor of this matrix as state of the model."""
 
+    def forward_matrix(self, weight):
+        """The weight as an (out, in) matrix, for products of forward matrices (congruent SRBP, diagnostics)."""
+        return weight
+
+    def site_call(self, x, weight, bias, feedback):
+        """Run the forward map with the learning channel as its backward (:class:`SiteFunction`)."""
+        if not torch.is_grad_enabled():
+            return self.affine(x, weight, bias)
+        pas = self.channel.current_pass()
+        # Under torch.func transforms the graph of wrapped tensors cannot be walked: the pass then takes
+        # the last site to run as the output layer, as the fused driver does (docs/layers.md).
+        position = pas.enter(self, None if _functorch_active() else x)
+        return SiteFunction.apply(x, weight, bias, feedback, self, pas, position)
+
+
+def _functorch_active() -> bool:
+    """Whether a torch.func transform (grad, vjp, vmap) is running."""
+    try:
+        return torch._C._functorch.peek_interpreter_stack() is not None
+    except AttributeError:     # pragma: no cover - older torch
+        return False
+
+
+class SiteFunction(torch.autograd.Function):
+    """The one autograd Function of every site.  Forward: the layer's own map.  Backward: the learning channel.
+
+    Module sites, attention projections and recurrent matrices all run through it.
+    The feedback tensor is kept on ``ctx`` rather than saved: the blocks of one
+    packed projection read rows of one feedback tensor, and feedback that is
+    refreshed every minibatch (resampled, sign-following) is rewritten in place
+    during the backward pass.  ``setup_context`` keeps it usable under
+    ``torch.func`` transforms.
+    """
+
+    @staticmethod
+    def forward(x, weight, bias, fbk, site, pas, position):
+        return site.affine(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, _, fbk, site, pas, position = inputs
+        ctx.site, ctx.pas, ctx.position, ctx.fbk = site, pas, position, fbk
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, weight)
+
+    @staticmethod
+    def backward(ctx, g):
+        from ..channel.backward import site_backward
+        x, weight = ctx.saved_tensors
+        J, gW, gb, gF = site_backward(ctx.site, ctx.pas, ctx.position, g, x, weight, ctx.fbk,
+                                      ctx.needs_input_grad[:4])
+        return J, gW, gb, gF, None, None, None
+
+
+def _register_node():
+    from ..channel.backward import SITE_NODES
+    SITE_NODES.add(SiteFunction._backward_cls)   # how a Pass recognises a site in the autograd graph
+
+
+_register_node()
+
+
+def install(module: nn.Module, name: str, tensor, adaptive: bool):
+    """Put a learning-channel tensor on ``module`` under ``name``: a parameter when adaptive, else a buffer.
+
+    An adaptive tensor that replaces a parameter of the same shape class (a lazily sized placeholder)
+    keeps the Parameter object, so an optimizer built before it was sized still holds it.
+    """
+    old = module._parameters.get(name)
+    if adaptive and tensor is not None and isinstance(old, nn.Parameter) and getattr(old, "_rbp_placeholder", False):
+        old.data = tensor
+        old._rbp_placeholder = False
+        return
+    module._parameters.pop(name, None)
+    module._buffers.pop(name, None)
+    module.__dict__.pop(name, None)
+    if adaptive and tensor is not None:
+        module.register_parameter(name, nn.Parameter(tensor))
+    else:
+        module.register_buffer(name, tensor)
+
+
+def placeholder(module: nn.Module, name: str, rows: int, dtype, device):
+    """An adaptive feedback tensor whose width is not known yet: an empty Parameter (rows, 0) that the
+    first forward pass fills in place (:func:`install`), so optimizers built after ``rbp.convert`` hold it."""
+    p = nn.Parameter(torch.empty(rows, 0, dtype=dtype, device=device))
+    p._rbp_placeholder = True
+    module._buffers.pop(name, None)
+    module.register_parameter(name, p)
+
+
+class ModuleView(SiteInterface):
+    """A site for one weight matrix that a module keeps under a fixed name (attention, recurrent layers).
+
+    The object holds no tensors: weight, bias and feedback are read off the
+    owning module (``owner``) by name, so parameter names and ``state_dict`` keys
+    stay the module's own, and the feedback is registered on the module
+    (``feedback_name``).  Subclasses say which names, and add the tensor algebra.
+    """
+
+    ensemble = None
+    weight_name = bias_name = feedback_name = None
+    _lazy_feedback = None
+
+    @property
+    def owner(self) -> nn.Module:
+        return self._owner
+
+    @property
+    def channel(self):
+        return self.owner.channel
+
+    @channel.setter
+    def channel(self, value):       # the module's channel: all its matrices' (diagnostics detach it)
+        self.owner.channel = value
+
+    @property
+    def algorithm(self):
+        return self.owner.channel.algorithm
+
+    @property
+    def weight(self):
+        return getattr(self.owner, self.weight_name)
+
+    @property
+    def bias(self):
+        return None if self.bias_name is None else getattr(self.owner, self.bias_name)
+
+    @property
+    def feedback(self):
+        return getattr(self.owner, self.feedback_name, None)
+
+    def set_feedback(self, tensor, adaptive: bool):
+        """Install this matrix's learning-channel tensor on the module, under ``feedback_name``."""
+        install(self.owner, self.feedback_name, tensor, adaptive)
+
+    @property
+    def backward_weight(self):   # a distinct backward network's layer held by this site (channel/backward.py)
+        return getattr(self.owner, self.feedback_name.replace("feedback", "backward_weight"), None)
+
+    def register_buffer(self, name: str, tensor):
+        if name != "backward_weight":
+            raise RuntimeError(f"a {self.kind} site holds no buffer {name!r}")
+        self.owner.register_buffer(self.feedback_name.replace("feedback", "backward_weight"), tensor)
+
+    def materialize(self, x):
+        """Draw a lazily sized feedback tensor from the first input this site sees."""
+        if self._lazy_feedback is not None and self._lazy_feedback.wanted(x):
+            make, self._lazy_feedback = self._lazy_feedback, None
+            self.set_feedback(*make(self, x))
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.weight_name})"
+
 
 class Site(nn.Module, SiteInterface):
     """Abstract base of every layer module served by the learning channel (see the module docstring)."""
@@ -136,13 +292,7 @@ class Site(nn.Module, SiteInterface):
 
     def set_feedback(self, tensor: torch.Tensor | None, adaptive: bool):
         """Install this layer's learning-channel tensor (as state of the model)."""
-        self._parameters.pop("feedback", None)
-        self._buffers.pop("feedback", None)
-        self.__dict__.pop("feedback", None)
-        if adaptive and tensor is not None:
-            self.register_parameter("feedback", nn.Parameter(tensor))
-        else:
-            self.register_buffer("feedback", tensor)
+        install(self, "feedback", tensor, adaptive)
 
     def _materialize_feedback(self, x):
         """Draw a lazily sized feedback tensor from the first input this site sees."""
@@ -157,6 +307,15 @@ class Site(nn.Module, SiteInterface):
             adaptive = self._lazy_feedback.adaptive
             self._lazy_feedback = None
             self.set_feedback(torch.empty_like(state_dict[key]), adaptive)
+        elif self._lazy_feedback is not None and "feedback" in self._parameters:
+            # not saved either (saved before the first pass): the placeholder stays, and is not missing
+            held = self._parameters.pop("feedback")
+            try:
+                super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                              unexpected_keys, error_msgs)
+            finally:
+                self._parameters["feedback"] = held
+            return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
@@ -166,17 +325,10 @@ class Site(nn.Module, SiteInterface):
             return self.affine(x, self.weight, self.bias)
         if self._lazy_feedback is not None and self._lazy_feedback.wanted(x):
             self._materialize_feedback(x)
-        return self.site_call(x, self.weight, self.bias, self.feedback)
+        # a feedback tensor still to be drawn (its placeholder) takes no part in the pass
+        return self.site_call(x, self.weight, self.bias, None if self._lazy_feedback is not None else self.feedback)
 
-    def site_call(self, x, weight, bias, feedback):
-        """Run the forward map with the learning channel as its backward.
-
-        Modules that keep several weight matrices under fixed names (attention,
-        recurrent layers) call this with their own tensors.
-        """
-        if not torch.is_grad_enabled():
-            return self.affine(x, weight, bias)
-        from .layers import _SiteFunction
-        pas = self.channel.current_pass()
-        position = pas.enter(self, x)
-        return _SiteFunction.apply(x, weight, bias, feedback, self, pas, position)
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._lazy_feedback is not None:          # an adaptive placeholder not yet sized is not state
+            destination.pop(prefix + "feedback", None)
