@@ -429,17 +429,44 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
 
     Options (see :func:`rbp.channel.algorithm`): ``feedback``, ``derivative``,
     ``quantize_error``, ``quantize_update``, ``dropout``, ``update``,
-    ``adapt_rate``, ``loss_reduction``.
+    ``adapt_rate``, ``loss_reduction``, ``weight_decay``, ...
 
-    Weight layers (sites) are ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` (any
-    ``groups``, so depthwise too; zero padding) and ``nn.Embedding`` (a bottom
-    layer: the signal at its output updates the rows it looked up, nothing travels
-    below it; ``max_norm`` and ``sparse=True`` refused).  Between them elementwise
-    activations, Flatten, Dropout, pooling and the norms (BatchNorm, LayerNorm,
-    RMSNorm, GroupNorm) pass the channel's signal by autograd's backward, and the
-    norms' affine parameters learn from it (docs/conv.md, docs/layers.md).
-    ``nn.MultiheadAttention`` (and so torch's Transformer layers) has its
-    projections as sites and the attention itself as structure (docs/transformers.md).
+    **What becomes a site.**  Every module is classified first (nothing is changed
+    until every check has passed, so a refusal leaves an ``inplace=True`` model as it
+    was).  Weight layers that a registered site adapter claims are *sites*:
+    ``nn.Linear``, ``nn.Conv1d`` / ``nn.Conv2d`` (any ``groups``; zero padding),
+    ``nn.Embedding`` (a bottom layer; ``max_norm`` and ``sparse=True`` refused),
+    ``nn.MultiheadAttention`` (its projections), ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM``
+    (unidirectional, ``proj_size=0``) and Hugging Face's ``Conv1D``; more with
+    :func:`rbp.register_site`.  Every other module, and every parameter or buffer no
+    site holds (norms of any class, rotary embeddings, class tokens, position
+    embeddings, layer scales, elementwise functions), is *structural*: autograd
+    carries the channel's signal through it by its true derivative, and its
+    parameters learn from the signal that reaches them.  A structural module that
+    multiplies the signal by a matrix-shaped parameter of its own is named in an
+    :class:`rbp.UnknownWeightWarning` (at convert time with ``example_input``, else
+    at the first forward pass with gradients).  torch's weight layers that no site
+    serves (``Conv3d``, transposed convs, ``Bilinear``, ``EmbeddingBag``) are
+    refused unless excluded.  ``model.rbp_channel.report`` says what was done
+    (sites with their feedback shapes, structural modules, excluded layers, tied
+    weights); ``model.rbp_channel.output_names()`` names the output layers the last
+    pass found.
+
+    ``targets`` / ``exclude``: module-name glob patterns (a pattern covers the
+    modules inside the one it names); weight layers outside ``targets`` or inside
+    ``exclude`` stay plain modules trained by autograd from the signal that reaches
+    them (e.g. ``exclude=["backbone"]``: a backprop backbone under a DFA head).
+
+    **Tied weights** (one Parameter in two sites, as GPT-2's ``lm_head`` and
+    ``wte``): each use is its own layer and the shared ``.grad`` is the sum of their
+    updates; the output layer's use contributes its exact gradient (Fact 1), the
+    other uses the channel's update; a shared ``weight_decay`` is added once.
+
+    **Mixed precision and transforms.**  Under ``torch.autocast`` the forward pass
+    runs in the lower precision and the channel computes in the weights' dtype;
+    ``torch.func.grad`` / ``vjp`` work (the last site to run is then the output
+    layer); activation checkpointing works reentrant or not (reentrant refused for
+    the routes that hand signals by position: sbp, twin, distinct).
 
     Paper 2's options (docs/symmetries.md): ``backward_nonlinearity`` (the
     learning channel's units; ``"same"`` is resolved here to the forward units'
@@ -452,13 +479,16 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
 
     ``seed`` makes the feedback matrices and the channel's noise reproducible
     (a list of seeds for an ensemble model).  The top layer is the last weight
-    layer in registration order unless ``example_input`` is given, in which case
-    one forward pass (eval mode, no gradients) finds the execution order and the
+    layer in registration order unless ``example_input`` is given (a tensor, a
+    tuple of positional inputs or a dict of keyword inputs), in which case one
+    forward pass (eval mode, no gradients) finds the execution order and the
     shape of every layer's input.  The skipped route (srbp, asrbp) on a model with
-    conv layers needs that pass: its matrices for a conv layer's input map have
-    shape (N_L, C*H*W).  A conv model that declares ``input_shape = (C, H, W)``
-    as an attribute (as :func:`rbp.models.cifar_convnet` does) gets the pass
-    with a zero input of that shape when ``example_input`` is not given.
+    conv layers needs the shape of each conv layer's input map: without the pass
+    its matrices are drawn at the first forward pass (adaptive ones are empty
+    Parameters until then, so an optimizer built right after ``convert`` holds
+    them).  A conv model that declares ``input_shape = (C, H, W)`` as an
+    attribute (as :func:`rbp.models.cifar_convnet` does) gets the pass with a
+    zero input of that shape when ``example_input`` is not given.
 
     ``blocks`` (srbp only; module names, ``*`` for one name component) and
     ``block_feedback`` ("bp" or "rbp") select SRBP's block mode: the output of
@@ -474,7 +504,7 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     The model is copied unless ``inplace=True`` (then the existing parameters,
     and optimizers over them, stay valid).  Feedback matrices are buffers, or
     parameters for the adaptive algorithms, so they are saved and restored with
-    ``state_dict``.
+    ``state_dict``; parameter names and ``state_dict`` keys stay the original's.
     """
     alg = make_algorithm(algorithm, **options)
     if not isinstance(model, nn.Module):
