@@ -6,6 +6,11 @@ Training needs only torch and numpy.  Everything else is an extra of the package
     pip install 'rbp[theory]'     # scipy (and matplotlib): the theory workbench, `rbp theory`
     pip install 'rbp[progress]'   # tqdm: progress bars (without it, rbp prints per-epoch lines only)
     pip install 'rbp[all]'        # all of the above
+
+and, outside ``all``, the trainers of other libraries that :mod:`rbp.integrations` serves::
+
+    pip install 'rbp[transformers]'   # rbp.integrations.RBPTrainerCallback (Hugging Face Trainer)
+    pip install 'rbp[lightning]'      # rbp.integrations.RBPLightningCallback (PyTorch Lightning)
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ EXTRAS = {
     "matplotlib": ("matplotlib", "report"),
     "scipy": ("scipy", "theory"),
     "tqdm": ("tqdm", "progress"),
+    "transformers": ("transformers", "transformers"),
+    "lightning": ("lightning", "lightning"),
 }
 
 
