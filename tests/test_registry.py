@@ -450,3 +450,92 @@ def test_routes_that_hand_signals_by_position_refuse_reentrant_checkpointing():
         m = rbp.convert(_Checkpointed(), alg, seed=0, **kw)
         with pytest.raises(rbp.ConfigError, match="use_reentrant=False"):
             F.cross_entropy(m(x, "reentrant"), y).backward()
+
+
+# ------------------------------------------------------------------ subclasses with a forward of their own
+
+class ScaledEmbedding(nn.Embedding):       # as HF's GemmaTextScaledWordEmbedding, BartScaledWordEmbedding
+    def forward(self, ids):
+        return super().forward(ids) * 4.0
+
+
+class Positions(nn.Embedding):             # as HF's OPTLearnedPositionalEmbedding: computes its own indices
+    def forward(self, mask, past=0):
+        return super().forward(torch.cumsum(mask, 1) - 1 + past)
+
+
+class ScaledLinear(nn.Linear):
+    def forward(self, x):
+        return super().forward(x) * 0.5
+
+
+class _Subclassed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tok, self.pos = ScaledEmbedding(10, 4), Positions(8, 4)
+        self.mid, self.head = ScaledLinear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, ids):
+        h = self.tok(ids) + self.pos(torch.ones_like(ids), past=0)
+        return self.head(torch.tanh(self.mid(h)).mean(1))
+
+
+@pytest.mark.parametrize("alg", ["bp", "rbp", "srbp", "kp"])
+def test_subclasses_keep_their_own_forward(alg):
+    torch.manual_seed(0)
+    net = _Subclassed().double()
+    ids, y = torch.randint(0, 10, (3, 5)), torch.tensor([0, 1, 2])
+    m = rbp.convert(net, alg, seed=0)
+    assert isinstance(m.tok, ScaledEmbedding) and isinstance(m.mid, ScaledLinear)
+    assert torch.equal(m(ids), net(ids))                    # the same function
+    assert set(net.state_dict()) <= set(m.state_dict())
+    ref, got = _grads(net, ids, y), _grads(m, ids, y)
+    lam = m.rbp_channel.algorithm.weight_decay             # Kolen-Pollack's decay on every weight
+    for n, p in net.named_parameters():
+        if alg == "bp" or n.startswith("head"):            # bp is autograd; the output layer is exact
+            assert torch.allclose(got[n], ref[n] + lam * p.detach(), atol=1e-12), n
+    if alg != "bp":
+        assert not torch.allclose(got["mid.weight"], ref["mid.weight"])
+
+
+def test_a_subclass_that_bypasses_its_base_forward_is_named():
+    class Direct(nn.Linear):
+        def forward(self, x):
+            return F.linear(x, self.weight) * 2.0
+    m = rbp.convert(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), Direct(4, 2)), "rbp", seed=0)
+    with pytest.warns(rbp.UnknownWeightWarning, match=r"2 \(Direct\) overrides forward"):
+        m(torch.randn(2, 3)).sum().backward()
+
+
+def test_a_site_output_may_be_modified_in_place():
+    m = rbp.convert(nn.Sequential(nn.Linear(2, 8), nn.ReLU(inplace=True), nn.Linear(8, 3)), "bp", seed=0)
+    x = torch.randn(4, 5, 2, requires_grad=True)
+    m(x).sum().backward()                                   # a (B, T, d) output is a fresh tensor
+
+
+class _Windows(nn.Module):
+    """Folds windows of tokens into the batch, as Swin's window attention does."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.proj, self.head = nn.Linear(3, 8), nn.Linear(8, 8), nn.Linear(8, 4)
+
+    def forward(self, x):                       # x (B, 16 tokens, 3) -> (B * 4 windows, 4, 8)
+        B = x.shape[0]
+        h = torch.tanh(self.embed(x)).reshape(B * 4, 4, 8)
+        h = torch.tanh(self.proj(h)).reshape(B, 16, 8)
+        return self.head(h.mean(1))
+
+
+@pytest.mark.parametrize("alg", ["srbp", "asrbp"])
+def test_skip_projection_reaches_windows_folded_into_the_batch(alg):
+    """Every row of an example's windows receives that example's projection C E^L (as every position does)."""
+    torch.manual_seed(0)
+    m = rbp.convert(_Windows().double(), alg, seed=0)
+    x, y = torch.randn(3, 16, 3, dtype=torch.float64), torch.tensor([1, 2, 0])
+    seen = {}
+    _capture_input_grad(m.proj, seen)
+    F.cross_entropy(m(x), y).backward()
+    E = torch.softmax(m(x), -1) - F.one_hot(y, 4)           # dLoss/dlogits * B
+    want = (E / 3) @ m.proj.feedback.detach()                # (B, 8): one projection per example
+    assert torch.allclose(seen["g"], want.repeat_interleave(4, 0).unsqueeze(1).expand(12, 4, 8), atol=1e-12)

@@ -48,7 +48,7 @@ from ..channel.quantize import quantize
 from ..errors import ConfigError, UnsupportedModelError
 from .layers import _CHUNK_ELEMENTS
 from .registry import SiteAdapter
-from .site import Site
+from .site import Site, overrides_forward, shim
 
 
 def _channels_last(t) -> bool:
@@ -451,9 +451,17 @@ class ConvAdapter(SiteAdapter):
             return f"padding_mode={module.padding_mode!r}: only 'zeros' is supported"
         if module.padding == "same" and any(d * (k - 1) % 2 for d, k in zip(module.dilation, module.kernel_size)):
             return "padding='same' with an even kernel (asymmetric padding) is not supported; pad explicitly"
+        base = next((b for b in (nn.Conv1d, nn.Conv2d) if isinstance(module, b)), None)
+        if base is not None and overrides_forward(module, base) and isinstance(module.padding, str):
+            return f"padding={module.padding!r} in a subclass with its own forward; pad explicitly"
         return None
 
     def build(self, module, info):
+        base = next((b for b in (nn.Conv1d, nn.Conv2d) if isinstance(module, b)), None)
+        if base is not None and overrides_forward(module, base):     # a subclass with its own forward keeps it
+            site = shim(module, base, FeedbackConv1d if base is nn.Conv1d else FeedbackConv2d)
+            site.input_shape = None if info.input_shape is None else tuple(info.input_shape)
+            return site
         site = FeedbackConvNd.from_conv(module)
         shape = info.input_shape          # an ensemble's map holds K networks' channels: keep one's
         site.input_shape = None if shape is None else (shape[0] // (info.ensemble or 1), *shape[1:])

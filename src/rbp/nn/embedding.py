@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ..channel.quantize import quantize
 from ..errors import UnsupportedModelError
 from .registry import SiteAdapter
-from .site import Site
+from .site import Site, overrides_forward, shim
 
 
 class FeedbackEmbedding(Site):
@@ -161,6 +161,8 @@ class EmbeddingAdapter(SiteAdapter):
                                         "the members one by one")
 
     def build(self, module, info):
+        if overrides_forward(module, nn.Embedding):   # HF's scaled / positional embeddings keep their forward
+            return shim(module, nn.Embedding, FeedbackEmbedding)
         return FeedbackEmbedding.from_embedding(module)
 
     def out_width(self, module):

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from ..channel import feedback as fb
 from ..channel.backward import Pass
 from ..channel.quantize import quantize
+from ..errors import ConfigError
 from . import _qkernel
 from .registry import SiteAdapter
-from .site import Site, SiteFunction
+from .site import Site, SiteFunction, overrides_forward, shim
 
 _CHUNK_ELEMENTS = 1 << 20  # per-example updates are formed in chunks of at most this many numbers
 
@@ -83,7 +84,27 @@ class LinearOps:
         lead = J.dim() - 1
         if tuple(x.shape[:lead]) == tuple(J.shape[:lead]):
             return J.reshape(*J.shape[:lead], *([1] * (x.dim() - J.dim())), J.shape[-1]).expand(x.shape)
+        folds = self._folds(J.shape[0], x) if J.dim() == 2 else 0
+        if folds:       # windows folded into the batch (Swin): each example's rows get its projection
+            J = J.repeat_interleave(folds, 0)
+            return J.reshape(J.shape[0], *([1] * (x.dim() - 2)), J.shape[-1]).expand(x.shape)
+        if J.numel() != x.numel():
+            raise ConfigError(f"the skipped route cannot deliver the output error of shape {tuple(error.shape)} "
+                              f"to the input of {getattr(self, 'rbp_name', self.kind)} of shape {tuple(x.shape)}: "
+                              "its leading dimensions are neither the examples nor the examples times a number "
+                              "of windows (use the block mode, blocks=, or exclude= this layer)")
         return J.reshape(x.shape)
+
+    def _folds(self, B: int, x) -> int:
+        """k when x's first dimension holds k consecutive rows of each of B examples ((B*k, ..., in), as a
+        window partition makes them) for an error per example, else 0.  A layout with the examples in
+        another dimension ((T, B, in), sequence first) is not taken for one."""
+        if self.ensemble or x.dim() < 3:
+            return 0
+        rows = x.shape[0]
+        if rows <= B or rows % B or B in tuple(x.shape[1:-1]):
+            return 0
+        return rows // B
 
     def _error_for(self, error, x):
         """An error per position that does not match the input's positions (a decoder's T target
@@ -100,6 +121,8 @@ class LinearOps:
         lead = error.dim() - 1
         if x.dim() > error.dim() and tuple(x.shape[:lead]) == tuple(error.shape[:lead]):
             x = x.sum(dim=tuple(range(lead, x.dim() - 1)))
+        elif error.dim() == 2 and self._folds(error.shape[0], x):      # windows folded into the batch
+            x = x.reshape(error.shape[0], -1, x.shape[-1]).sum(1)
         return LinearOps.grad_weight(self, error, x)       # in C's (N_L, in) orientation, whatever W's is
 
     def per_synapse_update(self, error, g, x, P):
@@ -233,6 +256,8 @@ class LinearAdapter(SiteAdapter):
     name = "linear"
 
     def build(self, module, info):
+        if overrides_forward(module, nn.Linear):      # a subclass with its own forward keeps it
+            return shim(module, nn.Linear, FeedbackLinear)
         site = FeedbackLinear(module.in_features, module.out_features, bias=module.bias is not None,
                               ensemble=self.ensemble_of(module), device=module.weight.device,
                               dtype=module.weight.dtype)

@@ -33,6 +33,7 @@ output site(s) are found from the graph that was actually run.
 from __future__ import annotations
 
 import abc
+import copy
 
 import torch
 import torch.nn as nn
@@ -159,7 +160,10 @@ class SiteFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x, weight, bias, fbk, site, pas, position):
-        return site.affine(x, weight, bias)
+        out = site.affine(x, weight, bias)
+        # an output that is a view (a linear map on (B, T, d) reshapes its 2-D product) could not be
+        # modified in place by the next module (ReLU(inplace=True)); such outputs are copied once
+        return out.clone() if out._base is not None else out
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -321,6 +325,7 @@ class Site(nn.Module, SiteInterface):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x):
+        self.__dict__["_rbp_ran"] = True         # (a subclass's own forward reached the site: rbp.nn.site.shim)
         if self.channel is None:  # not converted: plain backprop
             return self.affine(x, self.weight, self.bias)
         if self._lazy_feedback is not None and self._lazy_feedback.wanted(x):
@@ -332,3 +337,60 @@ class Site(nn.Module, SiteInterface):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self._lazy_feedback is not None:          # an adaptive placeholder not yet sized is not state
             destination.pop(prefix + "feedback", None)
+
+
+# ---------------------------------------------------------------------- subclasses with a forward of their own
+
+_SHIMS: dict = {}
+
+
+def overrides_forward(module: nn.Module, base: type) -> bool:
+    """Whether ``module``'s class is a subclass of ``base`` with a ``forward`` of its own (HF's scaled and
+    positional embeddings: ``super().forward(ids) * scale``)."""
+    return isinstance(module, base) and type(module) is not base and type(module).forward is not base.forward
+
+
+def shim(module: nn.Module, base: type, site_cls: type) -> nn.Module:
+    """The module as a site that keeps its own class and ``forward``.
+
+    A new object of a class derived from the module's, in which ``base.forward`` (what the module's
+    ``super().forward(...)`` reaches) runs as ``site_cls``'s forward: the module computes what it
+    computed, and its weight is served by the learning channel.  Parameter objects, names and
+    ``state_dict`` keys are the module's.  Should the module's forward compute its map without calling
+    the base class's forward, rbp notices at the first pass (:func:`check_shim_ran`).
+    """
+    user = type(module)
+    key = (user, base, site_cls)
+    cls = _SHIMS.get(key)
+    if cls is None:
+        inner = type(f"_{site_cls.__name__}For{base.__name__}", (base, site_cls),
+                     {"forward": site_cls.forward, "extra_repr": base.extra_repr, "__module__": __name__})
+        cls = type(user.__name__, (user, inner), {"__module__": user.__module__, "_rbp_shim": True,
+                                                   "__qualname__": user.__qualname__})
+        _SHIMS[key] = cls
+    new = cls.__new__(cls)
+    for k, v in module.__dict__.items():
+        new.__dict__[k] = copy.copy(v) if isinstance(v, (dict, set)) else v
+    new._init_site_state()
+    new.ensemble = None
+    new._rbp_ran = False
+    new.register_forward_pre_hook(_shim_begin)
+    new.register_forward_hook(_shim_end)
+    return new
+
+
+def _shim_begin(module, args):
+    module._rbp_ran = False
+
+
+def _shim_end(module, args, output):
+    if module.channel is not None and torch.is_grad_enabled() and not module._rbp_ran \
+            and not getattr(module, "_rbp_warned", False):
+        module._rbp_warned = True
+        import warnings
+        from .summary import UnknownWeightWarning
+        warnings.warn(f"rbp.convert: {getattr(module, 'rbp_name', type(module).__name__)} "
+                      f"({type(module).__name__}) overrides forward without calling its base class's forward, "
+                      "so its weight is multiplied outside the learning channel and backprop trains it; register "
+                      "a site adapter for it (rbp.register_site) or name it in exclude=", UnknownWeightWarning,
+                      stacklevel=2)
