@@ -173,6 +173,10 @@ def test_hidden_weight_layer_is_found_at_the_first_pass_without_an_example():
     m = rbp.convert(net, "srbp", seed=0)
     assert m.rbp_channel.report.hidden is None and "first forward pass" in str(m.rbp_channel.report)
     x = torch.randn(4, 5)
+    twin = copy.deepcopy(m)                   # a copy watches its own first pass
+    with pytest.warns(rbp.UnknownWeightWarning):
+        twin(x)
+    assert twin.rbp_channel.report.hidden == {"2.weight": "linear"} and m.rbp_channel.report.hidden is None
     with torch.no_grad():
         m(x)                              # inference passes are not watched
     with pytest.warns(rbp.UnknownWeightWarning, match=r"2\.weight \(by linear\)"):

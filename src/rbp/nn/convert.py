@@ -255,11 +255,11 @@ class _WeightProbe(TorchFunctionMode):
     computed from the input is a hidden weight layer.
     """
 
-    def __init__(self, watched: dict, state=()):
+    def __init__(self, watched, state=()):
         super().__init__()
-        self.watched = dict(watched)       # id(tensor) -> (qualified parameter name, tensor kept alive)
+        self.watched = {id(t): (name, t) for name, t in watched}   # id -> (qualified name, tensor kept alive)
         self.state = {id(t): t for t in state}
-        self.state.update({k: t for k, (_, t) in watched.items()})
+        self.state.update({id(t): t for _, t in watched})
         self.found = {}                    # parameter name -> the function that multiplied by it
 
     def _name(self, t):
@@ -298,11 +298,11 @@ def _watched_parameters(model: nn.Module, plan: Plan) -> dict:
     """The matrix-shaped parameters of structural modules, by id (what a hidden weight layer would multiply by)."""
     held = {id(p) for _, m, _ in plan.layers for p in m.parameters()}
     held |= {id(p) for _, m in plan.excluded for p in m.parameters()}
-    watched = {}
+    watched = []
     for name, mod in plan.structural:
         for pname, p in mod.named_parameters(recurse=False):
             if p.dim() >= 2 and sum(d > 1 for d in p.shape) >= 2 and id(p) not in held:
-                watched[id(p)] = (f"{name}.{pname}" if name else pname, p)
+                watched.append((f"{name}.{pname}" if name else pname, p))
     return watched
 
 
@@ -327,7 +327,7 @@ def _discover(model, layers, example_input, watched=None):
 
     hooks = [m.register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n, m, _ in layers]
     modes = {m: m.training for m in model.modules()}
-    probe = _WeightProbe(watched or {}, [*model.parameters(), *model.buffers()])
+    probe = _WeightProbe(watched or [], [*model.parameters(), *model.buffers()])
     try:
         model.eval()
         with torch.no_grad(), probe:
@@ -618,30 +618,37 @@ def _tied_parameters(model: nn.Module, plan: Plan) -> list:
     return [names for pid, names in by_id.items() if len(names) > 1 and pid in held]
 
 
-def _probe_first_pass(model: nn.Module, channel, watched: dict):
-    """Without an example input: watch the first forward pass with gradients for hidden weight layers."""
-    state = {}
+class _FirstPass:
+    """Without an example input: watch the first forward pass with gradients for hidden weight layers.
 
-    def begin(module, args):
-        if state or not torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return
-        state["probe"] = _WeightProbe(watched, [*model.parameters(), *model.buffers()])
-        state["probe"].__enter__()
+    An object (not a closure), so that a deep copy of the converted model watches its own pass.
+    """
 
-    def end(module, args, output):
-        probe = state.get("probe")
-        if probe is None or state.get("done"):
+    def __init__(self, model: nn.Module, channel, watched: dict):
+        self.model, self.channel, self.watched = model, channel, watched
+        self.probe, self.done = None, False
+
+    def begin(self, module, args):
+        if self.done or self.probe is not None or not torch.is_grad_enabled() or torch.compiler.is_compiling():
             return
-        state["done"] = True
+        self.probe = _WeightProbe(self.watched, [*self.model.parameters(), *self.model.buffers()])
+        self.probe.__enter__()
+
+    def end(self, module, args, output):
+        if self.done or self.probe is None:
+            return
+        self.done = True
+        probe, self.probe = self.probe, None
         probe.__exit__(None, None, None)
-        pre.remove()
-        post.remove()
-        channel.report.hidden = probe.found
+        self.channel.report.hidden = probe.found
         if probe.found:
-            channel.report.warn_hidden()
+            self.channel.report.warn_hidden()
 
-    pre = model.register_forward_pre_hook(begin)
-    post = model.register_forward_hook(end, always_call=True)
+
+def _probe_first_pass(model: nn.Module, channel, watched: dict):
+    first = _FirstPass(model, channel, watched)
+    model.register_forward_pre_hook(first.begin)
+    model.register_forward_hook(first.end, always_call=True)
 
 
 def _resolve_units(alg: Algorithm, model: nn.Module) -> Algorithm:
