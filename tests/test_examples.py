@@ -21,9 +21,10 @@ def _run(name, tmp_path, *args):
 
 
 def test_every_example_is_tested():
+    # 06-08 need transformers or lightning: tests/test_examples_zoo.py runs them (marker `zoo`)
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(
         ["01_plain_pytorch_loop.py", "02_convert_a_cnn.py", "03_alignment.py", "04_dask_sweep.py",
-         "05_custom_logger.py"])
+         "05_custom_logger.py", "06_hf_trainer.py", "07_lightning.py", "08_gpt2_toy_lm.py"])
 
 
 def test_plain_pytorch_loop(tmp_path):
