@@ -44,6 +44,24 @@ class Spec:
     optimizer: str = "adam"        # the training check's: "adam" (lr 1e-3) or "sgd" (lr 0.01, momentum 0.9)
 
 
+def build(spec: Spec) -> nn.Module:
+    """``spec``'s model, with a zero-initialised output layer re-drawn (normal, std 0.02).
+
+    torchvision's ViT and timm's MLP-Mixer / ResMLP start with a zero head, so every hidden gradient is
+    0 at the first step under bp (and under usf, whose feedback sign(0) * c sends c * sum(T - O) = 0):
+    nothing to compare.  The zoo wants a first step with a signal in every layer.
+    """
+    torch.manual_seed(0)
+    model = spec.build()
+    g = torch.Generator().manual_seed(99)
+    for h in spec.head:
+        w = model.get_submodule(h).weight
+        if not w.detach().any():
+            with torch.no_grad():
+                w.copy_(torch.randn(w.shape, generator=g) * 0.02)
+    return model
+
+
 # ---------------------------------------------------------------------------------------------- inputs
 
 def example(spec: Spec, dtype=torch.float32):
@@ -78,7 +96,7 @@ def logits(model, inputs):
 
 def loss_of(model, inputs, targets):
     out = logits(model, inputs)
-    return torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]).float(), targets.reshape(-1))
+    return torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), targets.reshape(-1))
 
 
 def cast_inputs(inputs, dtype):
@@ -150,6 +168,7 @@ HF = [
     _hf_spec("gpt-neo", "GPTNeoForCausalLM", "GPTNeoConfig", "lm", ("lm_head",),
              vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=2, attention_types=[[["global", "local"], 1]],
              window_size=4, max_position_embeddings=64, intermediate_size=37, resid_dropout=0.0, embed_dropout=0.0,
+             bos_token_id=0, eos_token_id=0,
              attention_dropout=0.0, tie_word_embeddings=False),
     _hf_spec("opt", "OPTForCausalLM", "OPTConfig", "lm", ("lm_head",),
              vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=37,
@@ -216,6 +235,25 @@ def _timm_gen(module, gen, variant, **kw):
     return no_dropout(getattr(mod, gen)(variant, pretrained=False, num_classes=CLASSES, **kw))
 
 
+def _timm_blocks(module, cls):
+    """timm's MobileNetV3 / EfficientNet class on a three-block architecture string (the builders fix 11-16)."""
+    import importlib
+    from functools import partial
+    from timm.models._efficientnet_builder import decode_arch_def, round_channels
+    from timm.models._efficientnet_blocks import SqueezeExcite
+    torch.manual_seed(0)
+    mod = importlib.import_module(f"timm.models.{module}")
+    if cls == "MobileNetV3":
+        arch = [["ds_r1_k3_s2_e1_c8_se0.25_nre"], ["ir_r1_k3_s2_e4.5_c16_nre"], ["ir_r1_k5_s2_e4_c24_se0.25"]]
+        se = partial(SqueezeExcite, gate_layer="hard_sigmoid", force_act_layer=nn.ReLU, rd_round_fn=round_channels)
+        kw = dict(act_layer=nn.Hardswish, se_layer=se, num_features=64)
+    else:
+        arch = [["ds_r1_k3_s1_e1_c8_se0.25"], ["ir_r1_k3_s2_e6_c16_se0.25"], ["ir_r1_k5_s2_e6_c24_se0.25"]]
+        kw = dict(act_layer=nn.SiLU, num_features=64)
+    model = getattr(mod, cls)(decode_arch_def(arch), num_classes=CLASSES, stem_size=8, **kw)
+    return no_dropout(model)
+
+
 def _regnet_cfg():
     from timm.models.regnet import RegNetCfg
     return RegNetCfg(depth=4, w0=8, wa=16, wm=1.5, group_size=8, stem_width=8)
@@ -237,14 +275,13 @@ TIMM = [
                embed_dim=32, num_heads=2, note="img_size=32, patch 8, depth 2, width 32"),
     _timm_spec("convnext_atto", "convnext_atto", ("head.fc",), depths=(1, 1, 1, 1), dims=(8, 16, 24, 32),
                note="depths (1, 1, 1, 1), dims 8-32; layer scale (gamma)"),
-    Spec("timm-mobilenetv3", "timm", lambda: _timm_gen("mobilenetv3", "_gen_mobilenet_v3", "mobilenetv3_small_100",
-                                                       channel_multiplier=0.25, depth_multiplier=0.5),
-         "image", ("classifier",),
-         note="mobilenetv3_small_100's generator at channel_multiplier=0.25, depth_multiplier=0.5: "
-              "squeeze-excite, hard-swish"),
-    Spec("timm-efficientnet_b0", "timm", lambda: _timm_gen("efficientnet", "_gen_efficientnet", "efficientnet_b0",
-                                                           channel_multiplier=0.25, depth_multiplier=0.25),
-         "image", ("classifier",), note="efficientnet_b0's generator at channel and depth multipliers 0.25"),
+    Spec("timm-mobilenetv3", "timm", lambda: _timm_blocks("mobilenetv3", "MobileNetV3"), "image", ("classifier",),
+         note="timm's MobileNetV3 class with mobilenetv3_small's block kinds (depthwise-separable, inverted residual, "
+              "squeeze-excite with hard-sigmoid, hard-swish), 3 blocks at 8-24 channels; its classifier is timm's "
+              "own Linear"),
+    Spec("timm-efficientnet", "timm", lambda: _timm_blocks("efficientnet", "EfficientNet"), "image", ("classifier",),
+         note="timm's EfficientNet class with efficientnet_b0's first three stages (one block each, 8-24 channels, "
+              "squeeze-excite, swish)"),
     Spec("timm-regnet", "timm", lambda: _timm_class("regnet", "RegNet", cfg=_regnet_cfg()), "image", ("head.fc",),
          note="RegNet(RegNetCfg(depth=4, w0=8, wa=16, wm=1.5, group_size=8)): grouped convs"),
     Spec("timm-resmlp", "timm", lambda: _timm_class("mlp_mixer", "MlpMixer", {"block_layer": "ResBlock",
@@ -334,7 +371,8 @@ def _tv_classes():
     """torchvision's model classes at tiny configs: name -> builder (the heads and notes: TV_CLASSES)."""
     import torchvision.models as M
     from torchvision.models import convnext, efficientnet, mobilenetv3, regnet, resnet, swin_transformer
-    eff, eff_last = efficientnet._efficientnet_conf("efficientnet_b0", width_mult=0.25, depth_mult=0.25)
+    eff, _ = efficientnet._efficientnet_conf("efficientnet_b0", width_mult=0.25, depth_mult=0.25)
+    eff, eff_last = eff[:3], 64
     v2, _ = efficientnet._efficientnet_conf("efficientnet_v2_s")
     v2 = v2[:2]
     for c in v2:
@@ -381,7 +419,8 @@ TV_CLASSES = {
     "resnet": ("fc", "ResNet(BasicBlock, [1, 1, 1, 1]) (resnet18's blocks, one per stage)"),
     "resnext": ("fc", "ResNet(Bottleneck, [1, 1, 1, 1], groups=4, width_per_group=4) (resnext / wide_resnet's blocks)"),
     "densenet": ("classifier", "DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16)"),
-    "efficientnet": ("classifier.1", "EfficientNet(efficientnet_b0's config at width_mult=0.25, depth_mult=0.25)"),
+    "efficientnet": ("classifier.1", "EfficientNet(efficientnet_b0's first 3 stages at width_mult=0.25, "
+                     "depth_mult=0.25, last_channel=64)"),
     "efficientnet_v2": ("classifier.1", "EfficientNet(efficientnet_v2_s's first two FusedMBConv stages at 8 channels)"),
     "mobilenet_v2": ("classifier.1", "MobileNetV2(width_mult=0.25, 3 stages of inverted "
                                      "residuals)"),
