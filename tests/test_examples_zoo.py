@@ -38,7 +38,7 @@ def test_hf_trainer(tmp_path):
     assert out.startswith("rbp.convert with wm:")                   # the report
     losses = _numbers(out, "step", "training loss")
     assert len(losses) == 10 and losses[-1] < losses[0]
-    assert _numbers(out, "held-out", "accuracy")[0] > 0.55         # chance: 0.5
+    assert _numbers(out, "held-out", "accuracy")[0] > 0.8          # chance: 0.5
 
 
 def test_lightning(tmp_path):
