@@ -102,7 +102,7 @@ def test_tied_embedding_sums_the_exact_output_gradient_and_the_channel_update(na
 
 
 @pytest.mark.parametrize("alg", C.ALGORITHMS)
-@pytest.mark.parametrize("name", TIED)
+@pytest.mark.parametrize("name", ["hf-gpt2"])
 def test_tied_embedding_keeps_the_state_dict_and_trains(name, alg):
     spec, model = _tied(name)
     model = model.float()
@@ -196,7 +196,7 @@ def test_a_pattern_that_names_nothing_is_refused():
 
 # ------------------------------------------------------------------------------------- bf16 autocast
 
-AUTOCAST = ["hf-llama", "hf-gpt2", "hf-vit", "timm-convnext_atto", "tv-resnet-tiny"]
+AUTOCAST = ["hf-llama", "hf-gpt2", "hf-vit", "timm-convnext_atto", "tv-regnet_y-tiny"]
 
 
 def _cosine(a, b):
