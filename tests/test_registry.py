@@ -543,3 +543,51 @@ def test_skip_projection_reaches_windows_folded_into_the_batch(alg):
     E = torch.softmax(m(x), -1) - F.one_hot(y, 4)           # dLoss/dlogits * B
     want = (E / 3) @ m.proj.feedback.detach()                # (B, 8): one projection per example
     assert torch.allclose(seen["g"], want.repeat_interleave(4, 0).unsqueeze(1).expand(12, 4, 8), atol=1e-12)
+
+
+class OwnLinear(nn.Linear):        # timm.layers.Linear: F.linear itself, on its own weight and bias
+    def forward(self, input):
+        return F.linear(input, self.weight, self.bias)
+
+
+class OwnConv(nn.Conv2d):
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+@pytest.mark.parametrize("alg", ["bp", "rbp", "srbp", "usf"])
+def test_a_subclass_calling_the_base_function_on_its_own_weight_is_a_site(alg):
+    torch.manual_seed(0)
+    net = nn.Sequential(OwnConv(1, 2, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(32, 8), nn.Tanh(),
+                        OwnLinear(8, 3)).double()
+    x, y = torch.randn(5, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", rbp.UnknownWeightWarning)
+        m = rbp.convert(net, alg, seed=0, example_input=x[:1])
+        got = _grads(m, x, y)
+    ref = _grads(net, x, y)
+    assert m.rbp_channel.output_names() == ["5"]            # the head is the output layer, served by the channel
+    for n in ref:
+        if alg == "bp" or n.startswith("5."):
+            assert torch.allclose(got[n], ref[n], atol=1e-12), n
+    if alg != "bp":
+        assert not torch.allclose(got["0.weight"], ref["0.weight"])
+
+
+@pytest.mark.parametrize("example", [True, False])
+def test_adaptive_feedback_of_a_site_reading_a_computed_input_exists_at_convert(example):
+    """targets= leaves a weight layer below the first site: that site's input is computed, so its adaptive
+    feedback is drawn at convert time (an optimizer built right after holds it)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+    kw = dict(example_input=torch.randn(1, 4)) if example else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = rbp.convert(net, "kp", seed=0, targets=["2", "4"], **kw)
+        names = {n for n, _ in m.named_parameters()}
+        assert {"2.feedback", "4.feedback"} <= names
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        before = m[2].feedback.detach().clone()
+        F.cross_entropy(m(torch.randn(5, 4)), torch.tensor([0, 1, 2, 0, 1])).backward()
+        opt.step()
+    assert not torch.equal(m[2].feedback, before)

@@ -315,13 +315,14 @@ def _discover(model, layers, example_input, watched=None):
     without gradients; the training flags are restored afterwards.  ``layers``: (name, module, adapter).
     """
     if example_input is None:
-        return layers, {}, None
-    order, shapes = [], {}
+        return layers, {}, None, {}
+    order, shapes, fed = [], {}, {}
 
     def hook(mod, inputs, output, name):
         order.append(name)
         if inputs and isinstance(inputs[0], torch.Tensor):
             shapes.setdefault(name, tuple(inputs[0].shape[1:]))
+            fed.setdefault(name, bool(inputs[0].requires_grad))     # computed by the network (not the data)
         if isinstance(mod, attention.ATTENTION):   # torch's attention uses out_proj's weights, not the module
             order.append(f"{name}.out_proj" if name else "out_proj")
 
@@ -330,13 +331,14 @@ def _discover(model, layers, example_input, watched=None):
     probe = _WeightProbe(watched or [], [*model.parameters(), *model.buffers()])
     try:
         model.eval()
-        with torch.no_grad(), probe:
+        # with gradients (in eval mode): a weight layer whose input requires them reads a computed input
+        with torch.enable_grad(), probe:
             if isinstance(example_input, dict):
-                model(**example_input)
+                model(**{k: _detached(v) for k, v in example_input.items()})
             elif isinstance(example_input, (tuple, list)):
-                model(*example_input)
+                model(*map(_detached, example_input))
             else:
-                model(example_input)
+                model(_detached(example_input))
     finally:
         for h in hooks:
             h.remove()
@@ -347,7 +349,11 @@ def _discover(model, layers, example_input, watched=None):
     for n in order:
         if n not in seen and n in by_name:
             seen.append(n)
-    return [by_name[n] for n in seen] + [t for t in layers if t[0] not in seen], shapes, probe.found
+    return [by_name[n] for n in seen] + [t for t in layers if t[0] not in seen], shapes, probe.found, fed
+
+
+def _detached(v):
+    return v.detach() if isinstance(v, torch.Tensor) else v
 
 
 # Structural layers that the product route (SBP) passes by the transposed forward matrix they applied
@@ -524,7 +530,7 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     if example_input is None:
         example_input = _declared_example(work, plan.pairs())
     watched = _watched_parameters(work, plan)
-    layers, shapes, hidden = _discover(work, plan.layers, example_input, watched)
+    layers, shapes, hidden, fed = _discover(work, plan.layers, example_input, watched)
     if not watched:
         hidden = {}
     pairs = [(n, m) for n, m, _ in layers]
@@ -559,7 +565,8 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
     for _, new in built:
         new.channel = channel
     members = _member_algorithms(alg, member_algorithms, ensemble, work)
-    _init_feedback(sites, alg, seeds, ensemble, members, n_top=top_size)
+    _init_feedback(sites, alg, seeds, ensemble, members, n_top=top_size,
+                   fed_first=fed.get(layers[0][0], _excluded_before(work, plan, layers[0][0])))
     tied = _tied_parameters(work, plan)
 
     # 4. swap: nothing below refuses
@@ -691,8 +698,20 @@ def _member_algorithms(alg: Algorithm, given, ensemble, model) -> list | None:
     return members
 
 
+def _excluded_before(model: nn.Module, plan: Plan, first: str) -> bool | None:
+    """True when a weight layer left to autograd (targets= / exclude=) is registered before the first site:
+    the site's input is then taken to be computed (registration order is the forward order)."""
+    weights = {n for n, m in plan.excluded if any(p.dim() >= 2 for p in m.parameters(recurse=False))}
+    for name, _ in model.named_modules():
+        if name == first:
+            return None
+        if name in weights:
+            return True
+    return None
+
+
 def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Sequence[Algorithm] | None = None,
-                   n_top: int | None = None):
+                   n_top: int | None = None, fed_first: bool | None = None):
     """Draw every site's feedback, as its route says; ``members`` gives each ensemble member its own
     initial-state fields.  A skip matrix whose width is not known yet (a conv layer's input map
     without ``example_input``) is drawn at the site's first forward pass (:class:`_LazyFeedback`)."""
@@ -710,8 +729,13 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Se
         shape = route.feedback_shape(sites, i, n_top)
         if shape is None:
             fed = route.fed_feedback_shape(sites, i, n_top) if i == 0 else None
-            if fed is not None:       # drawn only if a pass shows that this site's input is computed
-                site._lazy_feedback = _LazyFeedback(route, specs, scales, seeds, i, fed, ensemble, only_if_fed=True)
+            if fed is not None and fed_first is not False:
+                # drawn once a pass shows that this site's input is computed: now, if that is known
+                lazy = _LazyFeedback(route, specs, scales, seeds, i, fed, ensemble, only_if_fed=True)
+                if fed_first and fed[-1] is not None:
+                    site.set_feedback(*lazy(site, site.weight.new_empty(0), at_convert=True))
+                else:
+                    site._lazy_feedback = lazy
             continue
         if shape[-1] is None:        # a skip matrix for a conv input map: sized at the first forward pass
             site._lazy_feedback = _LazyFeedback(route, specs, scales, seeds, i, shape, ensemble)
@@ -767,7 +791,7 @@ class _LazyFeedback:
     def wanted(self, x) -> bool:
         return not self.only_if_fed or x.requires_grad
 
-    def __call__(self, site, x):
+    def __call__(self, site, x, at_convert=False):
         shape = self.shape
         if shape[-1] is None:
             K = self.ensemble or 1
@@ -783,7 +807,7 @@ class _LazyFeedback:
 
         gens = [generator(s, f"feedback-lazy-{self.index}", x.device) for s in self.seeds]
         tensor = _members(self.specs, shape, gens, site, self.route.chained, sign_of, self.ensemble, self.scales)
-        if self.only_if_fed and self.adaptive:
+        if self.only_if_fed and self.adaptive and not at_convert:
             warnings.warn(f"rbp: {site_name(site)} is registered first but reads a computed input, so its adaptive "
                           "feedback became a new parameter at this first forward pass; an optimizer built before it "
                           "does not update it (pass example_input= to rbp.convert to find the order up front)",

@@ -37,6 +37,7 @@ import copy
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 
 class SiteInterface(abc.ABC):
@@ -355,9 +356,11 @@ def shim(module: nn.Module, base: type, site_cls: type) -> nn.Module:
 
     A new object of a class derived from the module's, in which ``base.forward`` (what the module's
     ``super().forward(...)`` reaches) runs as ``site_cls``'s forward: the module computes what it
-    computed, and its weight is served by the learning channel.  Parameter objects, names and
-    ``state_dict`` keys are the module's.  Should the module's forward compute its map without calling
-    the base class's forward, rbp notices at the first pass (:func:`check_shim_ran`).
+    computed, and its weight is served by the learning channel.  A forward that calls the base
+    class's function itself on the module's own weight and configuration (timm's ``Linear``:
+    ``F.linear(input, self.weight, self.bias)``) is served the same way (:class:`_OwnCall`).
+    Parameter objects, names and ``state_dict`` keys are the module's.  Should the module's forward
+    compute its map some other way, rbp names it at the first pass.
     """
     user = type(module)
     key = (user, base, site_cls)
@@ -374,16 +377,74 @@ def shim(module: nn.Module, base: type, site_cls: type) -> nn.Module:
     new._init_site_state()
     new.ensemble = None
     new._rbp_ran = False
+    new._rbp_base = base
     new.register_forward_pre_hook(_shim_begin)
-    new.register_forward_hook(_shim_end)
+    new.register_forward_hook(_shim_end, always_call=True)
     return new
 
 
+class _OwnCall(TorchFunctionMode):
+    """While a subclass's own forward runs: its call of the base class's function on its own weight
+    (timm's ``Linear``: ``F.linear(input, self.weight, self.bias)``) is served by the site."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        m = self.module
+        x = _own_call(m, func, args, kwargs) if torch.is_grad_enabled() else None
+        if x is not None:
+            return Site.forward(m, x)
+        return func(*args, **kwargs)
+
+
+def _arg(args, kwargs, i, name, default=None):
+    return args[i] if len(args) > i else kwargs.get(name, default)
+
+
+def _own_call(m, func, args, kwargs):
+    """The input, when ``func(*args)`` is the module's own map on its own weight, else None."""
+    if len(args) < 2 or _arg(args, kwargs, 1, "weight") is not m.weight:
+        return None
+    base = m._rbp_base
+    if base is nn.Linear and func in _LINEAR:
+        return args[0] if _arg(args, kwargs, 2, "bias") is m.bias else None
+    if base is nn.Embedding and func in _EMBEDDING:
+        same = (_arg(args, kwargs, 2, "padding_idx") in (m.padding_idx, None if m.padding_idx is None else -1)
+                and _arg(args, kwargs, 3, "max_norm") is None
+                and bool(_arg(args, kwargs, 5, "scale_grad_by_freq", False)) == bool(m.scale_grad_by_freq)
+                and not _arg(args, kwargs, 6, "sparse", False))
+        return args[0] if same else None
+    if base in (nn.Conv1d, nn.Conv2d) and func in _CONV:
+        d = len(m.kernel_size)
+        tup = nn.modules.utils._ntuple(d)
+        same = (_arg(args, kwargs, 2, "bias") is m.bias and tup(_arg(args, kwargs, 3, "stride", 1)) == m.stride
+                and tup(_arg(args, kwargs, 4, "padding", 0)) == tuple(m.padding)
+                and tup(_arg(args, kwargs, 5, "dilation", 1)) == m.dilation
+                and _arg(args, kwargs, 6, "groups", 1) == m.groups)
+        return args[0] if same else None
+    return None
+
+
+_LINEAR = {torch.nn.functional.linear, torch._C._nn.linear}
+_EMBEDDING = {torch.nn.functional.embedding}
+_CONV = {torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.conv1d, torch.conv2d}
+
+
 def _shim_begin(module, args):
-    module._rbp_ran = False
+    module.__dict__["_rbp_ran"] = False
+    if module.channel is not None and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        mode = _OwnCall(module)
+        mode.__enter__()
+        module.__dict__["_rbp_mode"] = mode
 
 
 def _shim_end(module, args, output):
+    mode = module.__dict__.pop("_rbp_mode", None)
+    if mode is not None:
+        mode.__exit__(None, None, None)
     if module.channel is not None and torch.is_grad_enabled() and not module._rbp_ran \
             and not getattr(module, "_rbp_warned", False):
         module._rbp_warned = True
