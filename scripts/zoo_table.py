@@ -100,7 +100,10 @@ def markdown(specs, results, seconds, skipped) -> str:
                  f"torchvision {_version('torchvision')}; one thread, {total:.0f} s of CPU for the table).")
     lines.append("")
     for lib, group in by_lib.items():
-        lines.append(f"### {LIBRARIES[lib]}")
+        core = sum(s.tier == "core" for s in group)
+        built = len(group) - core
+        count = f"{core} models" + (f" at tiny configs, {built} builders as they ship (bp only)" if built else "")
+        lines.append(f"### {LIBRARIES[lib]} ({count})")
         lines.append("")
         algs = C.ALGORITHMS
         lines.append("| model | " + " | ".join(algs) + " | what it exercises |")
