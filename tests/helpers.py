@@ -64,3 +64,29 @@ def assert_grads_equal(a, b, tol=1e-12):
             assert a[k] is None and b[k] is None, k
         else:
             torch.testing.assert_close(a[k], b[k], atol=tol, rtol=0, msg=k)
+
+
+def _toml(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return repr(v)
+
+
+def tiny_experiment(*configs, name="tiny", description="a tiny experiment for the tests", dataset="digits",
+                    **protocol) -> str:
+    """The TOML text of a small experiment: ``configs`` are dicts of config keys (``id`` defaults to
+    c0, c1, ...; ``algorithm`` to bp), ``protocol`` the [protocol] keys (e.g. ``epochs=1, hidden=[8]``).
+
+    >>> tiny_experiment({"algorithm": "srbp", "dropout": 0.1}, epochs=2)   # doctest: +SKIP
+    """
+    lines = [f"name = {_toml(name)}", f"description = {_toml(description)}", f"dataset = {_toml(dataset)}"]
+    if protocol:
+        lines += ["", "[protocol]"] + [f"{k} = {_toml(v)}" for k, v in protocol.items()]
+    for i, config in enumerate(configs or ({},)):
+        config = {"id": f"c{i}", "algorithm": "bp", **config}
+        lines += ["", "[[config]]"] + [f"{k} = {_toml(v)}" for k, v in config.items()]
+    return "\n".join(lines) + "\n"

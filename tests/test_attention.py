@@ -574,3 +574,32 @@ class _OnDevice(nn.Module):
 
     def forward(self, tgt, src):
         return self.m(tgt.cuda(), src.cuda()).cpu()
+
+
+@pytest.mark.parametrize("alg", ["bp", "rbp"])
+def test_a_loss_on_the_attention_weights_alone(alg):
+    """The output site is attention's input projection (out_proj excluded, the loss on the attention weights):
+    the channel asks it how many examples the signal holds (``rows(g)``), which a row-block attribute once
+    shadowed (TypeError)."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True).double()
+
+    class Scores(nn.Module):
+        def __init__(self, attn):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=True)[1]
+
+    conv = rbp.convert(Scores(copy.deepcopy(mha)), alg, seed=0, exclude=["attn.out_proj"])
+    assert conv.rbp_channel.sites == conv.attn.sites()      # the in-projection is the only site
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    w = conv(x)
+    (w * torch.arange(5.0, dtype=torch.float64)).sum().backward()
+    got = conv.attn.in_proj_weight.grad
+    assert got is not None and torch.isfinite(got).all()
+    if alg == "bp":
+        _, w0 = mha(x, x, x, need_weights=True)
+        (w0 * torch.arange(5.0, dtype=torch.float64)).sum().backward()
+        torch.testing.assert_close(got, mha.in_proj_weight.grad)

@@ -87,3 +87,21 @@ def test_graph_bench_times_the_converted_model_against_the_same_plain_model():
     assert "encoder.layers.0.self_attn.in_proj_weight" in names
     assert sum(p.numel() for p in graph_model("wide-mlp").parameters()) == 784 * 2048 + 3 * 2048 ** 2 + 2048 * 10 \
         + 4 * 2048 + 10
+
+
+def test_flop_counts_ask_the_route():
+    """Every algorithm is costed by its route (as `rbp cost`), not by its name: asrbp and distinct are
+    skipped routes, kp a chain."""
+    from rbp import algorithm
+    from rbp.bench import convnet_flops
+    from rbp.cost import cost
+    sizes = [784, 100, 100, 100, 100, 10]
+    fwd = 784 * 100 + 3 * 100 * 100 + 100 * 10
+    for name in ("asrbp", "distinct", "kp", "adistinct", "twin", "top"):
+        assert channel_flops(sizes, name) == 2 * (fwd + fwd + cost(sizes, name)["channel"]), name
+    assert channel_flops(sizes, "asrbp") == channel_flops(sizes, "srbp")
+    assert channel_flops(sizes, "distinct") != channel_flops(sizes, "rbp")
+    assert channel_flops(sizes, "distinct") != channel_flops(sizes, "srbp")
+    assert convnet_flops("asrbp") == convnet_flops("srbp") != convnet_flops("bp")
+    assert convnet_flops("kp") == convnet_flops("bp")
+    assert convnet_flops(algorithm("srbp", backward_hidden=(20,))) != convnet_flops("srbp")

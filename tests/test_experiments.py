@@ -16,6 +16,8 @@ import rbp
 from rbp.cli import main
 from rbp.experiments import Store, bundled_names, load, load_rows, parse, run
 
+from helpers import tiny_experiment
+
 EXPECTED = {
     "table1-mnist", "table1-cifar10", "fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9",
     "obs-resampled", "obs-sign-concordant", "obs-nonzero-mean", "obs-frozen-layer", "obs-sign-only",
@@ -188,8 +190,7 @@ BAD = [
 
 
 def test_scales_of_the_two_channels_are_config_keys():
-    text = ('name = "x"\ndescription = "d"\ndataset = "digits"\n[[config]]\nid = "a"\nalgorithm = "rbp"\n'
-            'feedback_scale = 0.88\ninit_scale = 0.5\n')
+    text = tiny_experiment({"id": "a", "algorithm": "rbp", "feedback_scale": 0.88, "init_scale": 0.5})
     exp = parse(text, "scales.toml")
     alg = exp.spec(exp.config("a")).algorithm
     assert (alg.feedback_scale, alg.init_scale) == (0.88, 0.5)

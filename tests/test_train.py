@@ -96,3 +96,22 @@ def test_ensembles_are_split_to_fit_memory():
     h = train(spec, [0, 1, 2], max_ensemble=2)
     assert [r[0].ensemble for r in h] == [2, 2, 1]
     assert [r[0].seed for r in h] == [0, 1, 2]
+
+
+def test_freeze_counts_the_channels_weight_layers_vit():
+    """--freeze N of a vit counts the channel's 19 sites: 3 is block 0's in_proj, 16 block 3's out_proj."""
+    from rbp.train import build
+    for h, want in ((3, "layers.0.self_attn.in_proj"), (16, "layers.3.self_attn.out_proj")):
+        spec = TrainSpec(algorithm=rbp.algorithm("rbp"), model="vit", frozen=(h,)).validate()
+        model = build(spec, [0], 196, 10, (1, 14, 14))
+        assert len(model.rbp_channel.sites) == 19
+        frozen = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
+        assert frozen and all(n.startswith(want) for n in frozen), frozen
+
+
+@pytest.mark.parametrize("model,shape", [("convnet", (3, 32, 32)), ("lenet", (1, 28, 28)),
+                                         ("resnet20", (3, 32, 32)), ("vit", (1, 14, 14))])
+def test_the_range_trainspec_allows_is_the_channels_count(model, shape):
+    from rbp.train import CONV_WEIGHT_LAYERS, build, weight_layers
+    spec = TrainSpec(algorithm=rbp.algorithm("bp"), model=model).validate()
+    assert len(weight_layers(build(spec, [0], 0, 10, shape))) == CONV_WEIGHT_LAYERS[model]

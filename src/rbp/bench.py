@@ -42,7 +42,8 @@ import torch.nn.functional as F
 
 from . import augment as augmentation
 from ._malloc import retain_freed_memory
-from .channel.algorithm import algorithm
+from .channel.algorithm import Algorithm, algorithm
+from .channel.routes import route_of
 from .data import Dataset
 from .errors import ConfigError
 from .models import MNIST_SIZES, cifar_convnet
@@ -63,17 +64,18 @@ def synthetic_mnist(device="cpu", seed=0) -> Dataset:
     return Dataset("synthetic-mnist", x, y, xt, yt, (1, 28, 28), 10)
 
 
-def channel_flops(sizes, alg_name: str) -> float:
-    """Multiply-adds x 2 per example for one training step (forward, weight updates, learning channel)."""
-    pairs = list(zip(sizes[:-1], sizes[1:]))
-    forward = sum(a * b for a, b in pairs)
+def _route(alg):
+    return route_of(alg if isinstance(alg, Algorithm) else algorithm(alg))
+
+
+def channel_flops(sizes, alg) -> float:
+    """Multiply-adds x 2 per example for one training step (forward, weight updates, learning channel).
+
+    The channel's count is the route's (:meth:`rbp.channel.routes.Route.channel_cost`, as ``rbp cost``).
+    """
+    forward = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
     updates = forward
-    if alg_name == "srbp":
-        channel = sizes[-1] * sum(sizes[1:-1])
-    elif alg_name == "top":
-        channel = 0
-    else:
-        channel = sum(a * b for a, b in pairs[1:])   # no signal is sent below the first layer
+    channel, _ = _route(alg).channel_cost(list(sizes))
     return 2.0 * (forward + updates + channel)
 
 
@@ -126,13 +128,14 @@ def synthetic_cifar(seed=0) -> Dataset:
     return Dataset("synthetic-cifar10", x, y, xt, yt, (3, 32, 32), 10)
 
 
-def convnet_flops(alg_name: str, input_shape=(3, 32, 32), num_classes: int = 10) -> float:
+def convnet_flops(alg_name, input_shape=(3, 32, 32), num_classes: int = 10) -> float:
     """Multiply-adds x 2 per example of one training step of the paper's conv net.
 
     Forward pass and weight updates: every conv and dense layer once each.  Learning
-    channel: chained routes (bp, rbp) run each layer above the first backwards once
-    (transposed convolution or matrix); SRBP projects the N_L output errors onto the
-    input of every layer above the first; the top-layer-only rule sends nothing.
+    channel: the route's count (:meth:`rbp.channel.routes.Route.layer_cost`): chained routes
+    (bp, rbp) run each layer above the first backwards once (transposed convolution or
+    matrix); SRBP projects the N_L output errors onto the input of every layer above the
+    first; the top-layer-only rule sends nothing.
     """
     model = cifar_convnet(*input_shape[:2], num_classes)
     layers = []     # (multiply-adds of the layer per example, units of its input per example)
@@ -151,12 +154,7 @@ def convnet_flops(alg_name: str, input_shape=(3, 32, 32), num_classes: int = 10)
     for h in handles:
         h.remove()
     forward = sum(m for m, _ in layers)
-    if alg_name == "srbp":
-        channel = num_classes * sum(u for _, u in layers[1:])
-    elif alg_name == "top":
-        channel = 0
-    else:
-        channel = sum(m for m, _ in layers[1:])
+    channel, _ = _route(alg_name).layer_cost(layers, num_classes)
     return 2.0 * (forward + forward + channel)
 
 

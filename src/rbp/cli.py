@@ -28,53 +28,49 @@ def _int_list(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _probability(text):
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+def _option_type(opt):
+    def parse(text):
+        try:
+            return opt.parse_text(text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = opt.kind          # argparse names the type in its message
+    return parse
 
 
 def add_algorithm_options(p: argparse.ArgumentParser):
-    """The learning-channel options shared by every command that trains."""
+    """The learning-channel options shared by every command that trains: one flag per entry of
+    ``rbp.channel.algorithm.OPTIONS`` (its flag, type, choices and help; unset flags keep the algorithm's own)."""
+    from .channel.algorithm import OPTIONS, option_defaults
     g = p.add_argument_group("learning channel")
     g.add_argument("--algorithm", "-a", default="bp",
                    help="bp, sbp, rbp, srbp, arbp, asrbp, top, kp, wm, usf, brsf, frsf, ... "
                         "(`rbp algorithms` lists them all; default bp)")
-    g.add_argument("--feedback", default=None,
-                   help="feedback distribution: glorot-normal (default), uniform, nonzero-mean, ternary, "
-                        "congruent, sparse-N, resampled, sign-concordant, sign-uniform, sign-fixed")
-    g.add_argument("--no-derivative", action="store_true", help="omit f' in the learning channel (\"no f'\")")
-    g.add_argument("--quantize-error", type=int, metavar="BITS", help="quantize the error signal (Eq. 19, alpha 2^-3)")
-    g.add_argument("--quantize-update", type=int, metavar="BITS",
-                   help="quantize each example's weight update (Eq. 19, alpha 2^-6)")
-    g.add_argument("--quantize-update-mode", default=None, metavar="MODE",
-                   help="reading of section 5.2: eq19 (default) or a '+'-joined set of flush, after-lr, levels, "
-                        "sum, share (after-lr uses --lr, which must not decay)")
-    g.add_argument("--lc-dropout", type=_probability, default=0.0, metavar="P",
-                   help="learning-channel dropout probability in [0, 1)")
-    g.add_argument("--update", choices=["full", "sign", "magnitude"], default="full",
-                   help="keep the full hidden-layer update, only its sign, or only its magnitude")
-    g.add_argument("--adapt-rate", type=float, default=None,
-                   help="feedback adaptation rate relative to the forward rate (arbp/asrbp, default 0.1; kp 1)")
-    g.add_argument("--weight-decay", type=float, default=None, metavar="L",
-                   help="weight decay applied in the channel to W, b and adaptive feedback alike "
-                        "(kp default 1e-3, others 0)")
-    g.add_argument("--mirror-rate", type=float, default=None, help="weight mirrors' learning rate (wm, default 0.05)")
-    g.add_argument("--mirror-noise", type=float, default=None, help="sd of the mirror phase's noise (wm, default 1)")
-    g.add_argument("--mirror-decay", type=float, default=None, help="weight mirrors' decay of B (wm, default 1)")
-    g.add_argument("--mirror-batch", type=int, default=None, help="noise vectors per layer per mirror step (wm, 100)")
-    g.add_argument("--blocks", type=lambda t: [n for n in t.split(",") if n], default=None, metavar="NAMES",
-                   help="srbp's block mode: comma-separated module names (or patterns such as 'layers.*') whose "
-                        "outputs receive C E^L (docs/blocks.md)")
-    g.add_argument("--block-feedback", choices=["bp", "rbp"], default=None,
-                   help="the route below each block's output in block mode (default bp)")
+    for opt in OPTIONS:
+        text = f"{opt.help} (default {option_defaults(opt)})".replace("%", "%%")
+        if opt.negate:
+            g.add_argument(opt.cli_flag, dest=opt.name, action="store_const", const=False, default=None, help=text)
+        else:
+            metavar = "{" + ",".join(opt.choices) + "}" if opt.choices else opt.metavar
+            g.add_argument(opt.cli_flag, dest=opt.name, type=_option_type(opt), default=None, metavar=metavar,
+                           help=text)     # the option's own check refuses a bad value (one line)
+
+
+def algorithm_options_from_args(args) -> dict:
+    """The options the command's flags set (``None`` for the flags not given)."""
+    from .channel.algorithm import OPTIONS
+    return {opt.name: getattr(args, opt.name, None) for opt in OPTIONS}
 
 
 def algorithm_from_args(args, lr=None, decay=None):
-    """The algorithm of the command's flags; ``lr`` / ``decay``: the protocol's, where the flags are unset."""
+    """The algorithm of the command's flags; ``lr`` / ``decay``: the protocol's, where the flags are unset.
+
+    The after-lr reading of the quantized update needs the constant learning rate: ``--quantize-update-lr``,
+    else the run's ``--lr`` (which must then not decay)."""
     from .channel.algorithm import algorithm
-    mode = args.quantize_update_mode
+    options = algorithm_options_from_args(args)
+    mode = options["quantize_update_mode"]
     if getattr(args, "lr", None) is not None:
         lr = args.lr
     if getattr(args, "decay", None) is not None:
@@ -82,15 +78,9 @@ def algorithm_from_args(args, lr=None, decay=None):
     if mode and "after-lr" in mode.split("+"):
         if decay:
             raise ConfigError("--quantize-update-mode after-lr needs a constant learning rate: add --decay 0")
-    else:
-        lr = None
-    return algorithm(args.algorithm, feedback=args.feedback, derivative=not args.no_derivative,
-                     quantize_error=args.quantize_error, quantize_update=args.quantize_update,
-                     quantize_update_mode=mode, quantize_update_lr=lr,
-                     dropout=args.lc_dropout, update=args.update, adapt_rate=args.adapt_rate,
-                     weight_decay=args.weight_decay, mirror_rate=args.mirror_rate, mirror_noise=args.mirror_noise,
-                     mirror_decay=args.mirror_decay, mirror_batch=args.mirror_batch,
-                     blocks=getattr(args, "blocks", None), block_feedback=getattr(args, "block_feedback", None))
+        if options["quantize_update_lr"] is None:
+            options["quantize_update_lr"] = lr
+    return algorithm(args.algorithm, **options)
 
 
 def train_spec_from_args(args):

@@ -85,8 +85,9 @@ def cost(sizes: Sequence[int] = MNIST_SIZES, algorithm: str | Algorithm = "bp", 
     hidden = N[1:L]
     weights = sum(N[k] * N[k + 1] for k in range(L))                # Eq. 14 (paper's W)
     skip = N[L] * sum(hidden)                                       # Eq. 15
-    channel, adapted = route_of(alg).channel_cost(N)
-    derivative = sum(hidden) if alg.derivative and alg.route != "top" else 0
+    route = route_of(alg)
+    channel, adapted = route.channel_cost(N)
+    derivative = sum(hidden) if alg.derivative and route.carries else 0
     adaptation = adapted if alg.adaptive else 0
     learning = set(range(1, L + 1)) if alg.hidden_learn else {L}
     learning -= set(frozen)

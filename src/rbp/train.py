@@ -35,7 +35,7 @@ from .nn.convert import convert
 from .nn.conv import use_channels_last
 from .nn.fused import FusedNetwork, softmax_xent_grad
 from .optim import OPTIMIZERS, KerasSGD, make_optimizer
-from .protocols import DEFAULT_DATASET, MNIST, protocol as paper_protocol
+from .protocols import CHECKS as PROTOCOL_CHECKS, DEFAULT_DATASET, MNIST, protocol as paper_protocol
 
 PAPER_HIDDEN = MNIST.hidden
 
@@ -105,18 +105,9 @@ class TrainSpec:
     def validate(self):
         if self.dataset not in datasets.DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(datasets.DATASETS)}")
-        for key in ("epochs", "batch_size"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {v!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ConfigError(f"lr must be positive, got {self.lr!r}")
-        if not (isinstance(self.decay, (int, float)) and self.decay >= 0):
-            raise ConfigError(f"decay must be >= 0, got {self.decay!r}")
-        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
-            raise ConfigError(f"hidden sizes must be positive integers, got {self.hidden!r}")
+        for key in PROTOCOL_CHECKS:              # the protocol's fields: the one table of checks (rbp.protocols)
+            if key != "seeds":
+                PROTOCOL_CHECKS[key](getattr(self, key))
         if self.driver not in ("fused", "autograd"):
             raise ConfigError(f"driver must be 'fused' or 'autograd', got {self.driver!r}")
         if self.model not in MODELS:
@@ -125,8 +116,6 @@ class TrainSpec:
             raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.optimizer == "adam" and self.momentum:
             raise ConfigError("momentum is SGD's; adam keeps its own running averages (set momentum to 0)")
-        if not isinstance(self.augment, bool):
-            raise ConfigError(f"augment must be true or false, got {self.augment!r}")
         n_layers = len(self.hidden) + 1 if self.model == "mlp" else CONV_WEIGHT_LAYERS[self.model]
         for h in self.frozen:
             if not (isinstance(h, int) and 1 <= h <= n_layers):
@@ -236,12 +225,38 @@ def build(spec: TrainSpec, seeds: Sequence[int], input_dim: int, num_classes: in
         model = mlp(sizes, spec.activation, seed=seeds[0], ensemble=ensemble)
         model = convert(model, spec.algorithm, seed=seeds if ensemble else seeds[0], inplace=True,
                         member_algorithms=member_algorithms if ensemble else None)
-    weights = [m for m in model.modules() if hasattr(m, "weight") and hasattr(m, "channel")]
-    for h in spec.frozen:
-        for p in (weights[h - 1].weight, weights[h - 1].bias):
-            if p is not None:
-                p.requires_grad_(False)
+    freeze(model, spec.frozen)
     return model.to(spec.device)
+
+
+def weight_layers(model: nn.Module) -> list:
+    """The weight layers of a converted model, 1-based in ``frozen``: the channel's sites, in forward order
+    (attention's input projections and each matrix of a recurrent layer count, as the channel serves them)."""
+    return list(model.rbp_channel.sites)
+
+
+def _parameters_of(site, h: int) -> list:
+    """The Parameter objects weight layer ``h`` (a site) reads its weight and bias from."""
+    out = []
+    for t in (site.weight, site.bias):
+        if t is None:
+            continue
+        base = t if isinstance(t, nn.Parameter) else getattr(t, "_base", None)
+        if not isinstance(base, nn.Parameter) or base.numel() != t.numel():
+            raise ConfigError(f"frozen layer {h} ({site!r}) is a block of a parameter that other weight layers share; "
+                              "it cannot be frozen alone")
+        out.append(base)
+    return out
+
+
+def freeze(model: nn.Module, frozen: Sequence[int]) -> None:
+    """Keep the 1-based weight layers ``frozen`` of a converted model fixed (:func:`weight_layers`)."""
+    layers = weight_layers(model)
+    for h in frozen:
+        if not (isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= len(layers)):
+            raise ConfigError(f"frozen layer {h!r} out of range 1..{len(layers)} (the model's weight layers)")
+        for p in _parameters_of(layers[h - 1], h):
+            p.requires_grad_(False)
 
 
 class _Stepper:

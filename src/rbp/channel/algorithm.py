@@ -39,19 +39,22 @@ New variants are new registry entries or options, not new model classes.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..errors import ConfigError
 from . import feedback as fb
-from .quantize import ERROR_ALPHA, MAX_BITS, MIN_BITS, UPDATE_ALPHA, parse_update_mode
+from .quantize import ERROR_ALPHA, MAX_BITS, MIN_BITS, UPDATE_ALPHA, UPDATE_MODES, parse_update_mode
+from .transfer import ALIASES, TRANSFER
 
 ROUTES = ("chain", "product", "skip", "top")
 UPDATES = ("full", "sign", "magnitude")
 ARCHITECTURES = ("bidirectional", "conjoined", "twin", "distinct")
 # Transfer functions a learning channel's units may apply (paper 2, symmetry of processing);
 # "same" is resolved by rbp.convert to the forward network's own transfer function.
-BACKWARD_UNITS = ("tanh", "relu", "logistic", "linear", "same")
-_UNIT_ALIASES = {"sigmoid": "logistic", "identity": "linear"}
+BACKWARD_UNITS = (*TRANSFER, "same")     # the one table of transfer functions (channel/transfer.py)
+_UNIT_ALIASES = ALIASES
 
 
 @dataclass(frozen=True)
@@ -109,54 +112,35 @@ class Algorithm:
         return self.route != "top"
 
     def describe(self) -> str:
-        """A short human-readable label, e.g. ``rbp[sparse-8, no f']``."""
-        extras = []
+        """A short human-readable label, e.g. ``rbp[sparse-8, no f']``: the labels of the options (``OPTIONS``)
+        that differ from the named algorithm's own."""
         defaults = ALGORITHMS.get(self.name)
-        if self.random_feedback and str(self.feedback) != str(getattr(defaults, "feedback", "glorot-normal")):
-            extras.append(str(self.feedback))
-        if not self.derivative:
-            extras.append("no f'")
-        if self.quantize_error:
-            extras.append(f"qerr {self.quantize_error}b")
-        if self.quantize_update:
-            mode = "" if self.quantize_update_mode == "eq19" else " " + self.quantize_update_mode
-            extras.append(f"qupd {self.quantize_update}b{mode}")
-        if self.dropout:
-            extras.append(f"lc-dropout {self.dropout:g}")
-        if self.update != "full":
-            extras.append(f"{self.update}-only")
-        for key, label in (("weight_decay", "decay {:g}"),
-                           ("mirror_rate", "mirror rate {:g}"), ("mirror_noise", "mirror noise {:g}"),
-                           ("mirror_decay", "mirror decay {:g}"), ("mirror_batch", "mirror batch {}")):
-            if getattr(self, key) != getattr(defaults, key, getattr(Algorithm, key)):
-                extras.append(label.format(getattr(self, key)))
-        if self.backward_nonlinearity != getattr(defaults, "backward_nonlinearity", None):
-            extras.append(f"{self.backward_nonlinearity or 'linear'} backward units")
-        if self.backward_hidden != getattr(defaults, "backward_hidden", ()):
-            extras.append("backward " + ("-".join(map(str, self.backward_hidden)) or "depth 0"))
-        if self.feedback_scale != getattr(defaults, "feedback_scale", 1.0):
-            extras.append(f"feedback x{self.feedback_scale:g}")
-        if self.init_scale != getattr(defaults, "init_scale", 1.0):
-            extras.append(f"init x{self.init_scale:g}")
-        if self.blocks:
-            extras.append(f"blocks {' '.join(self.blocks)}, {self.block_feedback} inside"
-                          + (", one shared C" if self.block_matrix == "shared" else ""))
+        extras = []
+        for opt in OPTIONS:
+            if opt.label is None or getattr(self, opt.name) == _default(defaults, opt.name):
+                continue
+            text = opt.label(self)
+            if text:
+                extras.append(text)
         return self.name + (f"[{', '.join(extras)}]" if extras else "")
 
     def options(self) -> dict:
-        """The user-facing options that rebuild this algorithm with :func:`algorithm`."""
-        out = {}
+        """The user-facing options that rebuild this algorithm with :func:`algorithm` (as written: plain values)."""
         defaults = ALGORITHMS[self.name]
-        if str(self.feedback) != str(defaults.feedback):
-            out["feedback"] = str(self.feedback)
-        for key in ("derivative", "quantize_error", "quantize_update", "dropout", "update",
-                    "adapt_rate", "loss_reduction", "quantize_error_alpha", "quantize_update_alpha",
-                    "quantize_update_mode", "quantize_update_lr", "backward_nonlinearity", "backward_hidden", "feedback_scale", "init_scale",
-                    "weight_decay", "mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch",
-                    "blocks", "block_feedback", "block_matrix"):
-            if getattr(self, key) != getattr(defaults, key):
-                out[key] = getattr(self, key)
+        out = {}
+        for opt in OPTIONS:
+            value, default = opt.plain(getattr(self, opt.name)), opt.plain(getattr(defaults, opt.name))
+            if value != default:
+                out[opt.name] = value
         return out
+
+
+def _default(defaults, key):
+    """The value of option ``key`` in the named algorithm ``defaults`` (None: the dataclass default)."""
+    if defaults is not None:
+        return getattr(defaults, key)
+    f = next(f for f in dataclasses.fields(Algorithm) if f.name == key)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 # The named algorithms of paper 1 (Table 1 / Fig. 1-2).
@@ -250,32 +234,314 @@ _PAPER2 = {
 for _name, (_alg, _text) in (*_PAPER2.items(), *_FAMILY.items()):
     ALGORITHMS[_name], DESCRIPTIONS[_name] = _alg, _text
 
-OPTION_NAMES = ("feedback", "derivative", "quantize_error", "quantize_update", "dropout", "update",
-                "adapt_rate", "loss_reduction", "quantize_error_alpha", "quantize_update_alpha",
-                "quantize_update_mode", "quantize_update_lr", "backward_nonlinearity", "backward_hidden", "feedback_scale", "init_scale",
-                "weight_decay", "mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch",
-                "blocks", "block_feedback", "block_matrix")
+# ----------------------------------------------------------------------------- the options, written once
+#
+# Every option of an algorithm is one entry of OPTIONS: its name (the Algorithm field), how a value is
+# checked and normalised, which algorithms take it (and the line that refuses the others), its text in
+# describe(), its command-line flag and its help.  algorithm() validates from it, describe() and
+# options() read it, rbp.cli builds the argparse flags from it, the experiment files check their
+# option keys with it and the README's option table is generated from it (options_table()).  The
+# rules between options are the named functions of RULES, run on the finished algorithm.
+
+
+@dataclass(frozen=True)
+class Option:
+    """One algorithm option (see the block comment above ``OPTIONS``)."""
+
+    name: str
+    kind: str                      # bool, bits, int, float, str, ints, strs, feedback: the type of a value
+    check: Callable                # value -> the normalised value, or ConfigError (one line naming the option)
+    help: str                      # one line, for --help and the docs
+    applies: str = "all"           # for the docs: which algorithms take it
+    refuse: Callable | None = None     # (base algorithm, value) -> the line refusing it there, or None
+    inert: Callable | None = None      # (base, value) -> True: a default that changes nothing, dropped
+    label: Callable | None = None      # algorithm -> its text in describe() (None: not shown)
+    flag: str | None = None        # command-line flag (default: --name-with-dashes)
+    negate: bool = False           # a flag that sets the option to False (--no-derivative)
+    choices: tuple | None = None
+    metavar: str | None = None
+    nullable: bool = False         # None is a value (no quantization), not "unset"
+    plain: Callable = staticmethod(lambda v: v)    # the value as TOML / JSON write it
+    example: tuple = ()            # (algorithm, {options}) where it applies: the round-trip test, the docs
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def parse_text(self, text: str):
+        """A command-line value in the option's type (before :attr:`check`)."""
+        try:
+            if self.kind in ("bits", "int"):
+                return int(text)
+            if self.kind == "float":
+                return float(text)
+            if self.kind == "ints":
+                return [int(t) for t in text.split(",") if t.strip()]
+            if self.kind == "strs":
+                return [t for t in text.split(",") if t]
+        except ValueError:
+            raise ConfigError(f"{self.cli_flag} expects {_KIND_TEXT[self.kind]}, got {text!r}") from None
+        return text
+
+    def text(self, value) -> str:
+        """``value`` as a command-line argument (the inverse of :meth:`parse_text`)."""
+        value = self.plain(value)
+        if isinstance(value, (list, tuple)):
+            return ",".join(map(str, value))
+        return str(value)
+
+
+_KIND_TEXT = {"bits": "an integer", "int": "an integer", "float": "a number",
+              "ints": "comma-separated integers", "strs": "comma-separated names"}
+
+
+def _is_number(v):
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _bits(key):
+    def check(value):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer number of bits in {MIN_BITS}..{MAX_BITS}, got {value!r}")
+        if not MIN_BITS <= value <= MAX_BITS:
+            raise ConfigError(f"{key} must be in {MIN_BITS}..{MAX_BITS} bits, got {value}")
+        return value
+    return check
+
+
+def _positive(key):
+    def check(value):
+        if not _is_number(value) or not value > 0:
+            raise ConfigError(f"{key} must be a positive number, in (0, inf), got {value!r}")
+        return float(value)
+    return check
+
+
+def _nonnegative(key):
+    def check(value):
+        if not _is_number(value) or not value >= 0:
+            raise ConfigError(f"{key} must be a number >= 0, in [0, inf), got {value!r}")
+        return float(value)
+    return check
+
+
+def _probability(key):
+    def check(value):
+        if not _is_number(value) or not 0.0 <= value < 1.0:
+            raise ConfigError(f"{key} must be a probability in [0, 1), got {value!r}")
+        return float(value)
+    return check
+
+
+def _positive_int(key):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        return value
+    return check
+
+
+def _flag(key):
+    def check(value):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    return check
+
+
+def _choice(key, choices, aliases=None):
+    def check(value):
+        name = (aliases or {}).get(value, value) if isinstance(value, str) else value
+        if name not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+        return name
+    return check
+
+
+def _sizes(value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                                                   for n in value):
+        raise ConfigError(f"backward_hidden must be a list of positive layer sizes, got {value!r}")
+    return tuple(value)
+
+
+def _names(value):
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or any(not isinstance(n, str) or not n.strip() for n in value):
+        raise ConfigError(f"blocks must be a list of module names (e.g. ['layers.0', 'layers.1']), got {value!r}")
+    return tuple(value)
+
+
+def _update_mode(value):
+    try:
+        words = parse_update_mode(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return "+".join(words) or "eq19"
+
+
+def _no_signal(key, what="hidden layers receive no signal"):
+    """The refusal of an option that acts on the signal, for 'top'."""
+    return lambda base, value: (f"{key} has no effect with 'top' ({what})" if base.route == "top" else None)
+
+
+def _refuse_feedback(base, spec):
+    if not base.random_feedback:
+        if base.route == "top":
+            return "feedback has no effect with 'top' (hidden layers receive no signal)"
+        return (f"feedback={str(spec)!r} needs random feedback; '{base.name}' uses the transposed forward weights "
+                "(use rbp, srbp, arbp or asrbp)")
+    if spec.follows_forward and base.route != "chain":
+        return f"feedback {spec.kind!r} is defined for chained routes (rbp and its variants) only"
+    if spec.per_synapse and base.route != "skip":
+        return "feedback 'per-synapse' is defined for the skipped route (srbp) only"
+    if spec.refreshed and (base.adaptive or base.mirror_rate):
+        return f"feedback {str(spec)!r} is set anew every minibatch and cannot adapt ({base.name})"
+    return None
+
+
+def _refuse_mirror(key):
+    def refuse(base, value):
+        if not (base.route == "chain" and base.random_feedback):
+            return (f"{key}: weight mirrors teach the feedback matrices of a chained route with random feedback "
+                    f"(wm, rbp); '{base.name}' has none")
+        return None
+    return refuse
+
+
+def _qupd_label(alg):
+    mode = "" if alg.quantize_update_mode == "eq19" else " " + alg.quantize_update_mode
+    return f"qupd {alg.quantize_update}b{mode}"
+
+
+def _blocks_label(alg):
+    return (f"blocks {' '.join(alg.blocks)}, {alg.block_feedback} inside"
+            + (", one shared C" if alg.block_matrix == "shared" else ""))
+
+
+def _feedback_label(alg):
+    defaults = ALGORITHMS.get(alg.name)
+    if alg.random_feedback and str(alg.feedback) != str(getattr(defaults, "feedback", "glorot-normal")):
+        return str(alg.feedback)
+    return None
+
+
+_QUPD = {"quantize_update": 4}
+OPTIONS: tuple[Option, ...] = (
+    Option("feedback", "feedback", fb.parse,
+           "feedback distribution: glorot-normal (default), uniform, nonzero-mean, ternary, congruent, sparse-N, "
+           "resampled, sign-concordant, sign-uniform, sign-fixed, per-synapse",
+           applies="random feedback", refuse=_refuse_feedback,
+           inert=lambda base, spec: not base.random_feedback and str(spec) == "glorot-normal",
+           label=_feedback_label, plain=str, example=("rbp", {"feedback": "sparse-8"})),
+    Option("derivative", "bool", _flag("derivative"),
+           "false: omit f' in the learning channel (\"no f'\")", applies="all but top",
+           refuse=lambda base, v: (None if v or base.route != "top" else
+                                   "derivative=False has no effect with 'top' (hidden layers receive no signal)"),
+           label=lambda a: "no f'", flag="--no-derivative", negate=True,
+           example=("rbp", {"derivative": False})),
+    Option("quantize_error", "bits", _bits("quantize_error"),
+           "quantize the error signal arriving at each hidden layer (Eq. 19)", applies="all but top",
+           refuse=lambda base, v: None if v is None else _no_signal("quantize_error")(base, v),
+           label=lambda a: f"qerr {a.quantize_error}b", metavar="BITS", nullable=True,
+           example=("rbp", {"quantize_error": 5})),
+    Option("quantize_error_alpha", "float", _positive("quantize_error_alpha"),
+           "the error quantizer's alpha (Eq. 19)", metavar="ALPHA",
+           example=("rbp", {"quantize_error": 5, "quantize_error_alpha": 0.25})),
+    Option("quantize_update", "bits", _bits("quantize_update"),
+           "quantize each example's weight update (Eq. 19)", label=_qupd_label, metavar="BITS", nullable=True,
+           example=("srbp", dict(_QUPD))),
+    Option("quantize_update_alpha", "float", _positive("quantize_update_alpha"),
+           "the update quantizer's alpha (Eq. 19)", metavar="ALPHA",
+           example=("srbp", {**_QUPD, "quantize_update_alpha": 0.03125})),
+    Option("quantize_update_mode", "str", _update_mode,
+           "reading of section 5.2: eq19 or a '+'-joined set of " + ", ".join(UPDATE_MODES)
+           + " (after-lr needs quantize_update_lr)", applies="with quantize_update", metavar="MODE",
+           example=("srbp", {**_QUPD, "quantize_update_mode": "flush+sum"})),
+    Option("quantize_update_lr", "float", _positive("quantize_update_lr"),
+           "the constant learning rate the after-lr reading quantizes the update after (rbp train: --lr, "
+           "with --decay 0)", applies="with quantize_update_mode after-lr", metavar="LR",
+           example=("srbp", {**_QUPD, "quantize_update_mode": "after-lr", "quantize_update_lr": 0.05})),
+    Option("dropout", "float", _probability("dropout"),
+           "learning-channel dropout probability in [0, 1), survivors scaled by 1/(1-P)", applies="all but top",
+           refuse=lambda base, v: (_no_signal("dropout", "the learning channel carries no signal")(base, v)
+                                   if v else None),
+           label=lambda a: f"lc-dropout {a.dropout:g}", flag="--lc-dropout", metavar="P",
+           example=("srbp", {"dropout": 0.25})),
+    Option("update", "str", _choice("update", UPDATES),
+           "keep the full hidden-layer update, only its sign, or only its magnitude", choices=UPDATES,
+           label=lambda a: f"{a.update}-only", example=("rbp", {"update": "sign"})),
+    Option("adapt_rate", "float", _positive("adapt_rate"),
+           "feedback adaptation rate relative to the forward rate", applies="adaptive algorithms",
+           refuse=lambda base, v: (None if base.adaptive else
+                                   f"adapt_rate applies to adaptive algorithms ({', '.join(_adaptive_names())}), "
+                                   f"not '{base.name}'"),
+           example=("arbp", {"adapt_rate": 0.5})),
+    Option("loss_reduction", "str", _choice("loss_reduction", ("mean", "sum")),
+           "how your loss reduces over the minibatch (rbp train's is a mean)", choices=("mean", "sum"),
+           example=("rbp", {"loss_reduction": "sum"})),
+    Option("weight_decay", "float", _nonnegative("weight_decay"),
+           "weight decay applied in the channel to W, b and adaptive feedback alike", metavar="L",
+           label=lambda a: f"decay {a.weight_decay:g}", example=("rbp", {"weight_decay": 0.001})),
+    Option("mirror_rate", "float", _nonnegative("mirror_rate"), "weight mirrors' learning rate (0: none)",
+           applies="chained random feedback", refuse=_refuse_mirror("mirror_rate"),
+           label=lambda a: f"mirror rate {a.mirror_rate:g}", example=("wm", {"mirror_rate": 0.1})),
+    Option("mirror_noise", "float", _positive("mirror_noise"), "sd of the mirror phase's noise",
+           applies="chained random feedback", refuse=_refuse_mirror("mirror_noise"),
+           label=lambda a: f"mirror noise {a.mirror_noise:g}", example=("wm", {"mirror_noise": 0.5})),
+    Option("mirror_decay", "float", _positive("mirror_decay"), "weight mirrors' decay of B",
+           applies="chained random feedback", refuse=_refuse_mirror("mirror_decay"),
+           label=lambda a: f"mirror decay {a.mirror_decay:g}", example=("wm", {"mirror_decay": 0.5})),
+    Option("mirror_batch", "int", _positive_int("mirror_batch"), "noise vectors per layer per mirror step",
+           applies="chained random feedback", refuse=_refuse_mirror("mirror_batch"),
+           label=lambda a: f"mirror batch {a.mirror_batch}", example=("wm", {"mirror_batch": 20})),
+    Option("backward_nonlinearity", "str", _choice("backward_nonlinearity", BACKWARD_UNITS, _UNIT_ALIASES),
+           "transfer function of the learning channel's units ('same': the forward units')",
+           applies="all but top", choices=BACKWARD_UNITS, refuse=_no_signal(
+               "backward_nonlinearity", "the learning channel carries no signal"),
+           label=lambda a: f"{a.backward_nonlinearity or 'linear'} backward units",
+           example=("rbp", {"backward_nonlinearity": "tanh"})),
+    Option("backward_hidden", "ints", _sizes, "hidden layer sizes of a distinct backward network",
+           applies="skipped route", metavar="SIZES",
+           refuse=lambda base, v: (None if base.route == "skip" else
+                                   f"backward_hidden gives the hidden layers of a distinct learning network; "
+                                   f"'{base.name}' has no distinct network (use distinct, adistinct or srbp)"),
+           label=lambda a: "backward " + ("-".join(map(str, a.backward_hidden)) or "depth 0"),
+           example=("distinct", {"backward_hidden": (50, 20)})),
+    Option("feedback_scale", "float", _positive("feedback_scale"),
+           "the feedback matrices are drawn at this multiple of their scale", applies="random feedback",
+           refuse=lambda base, v: (None if base.random_feedback or v == 1.0 else
+                                   f"feedback_scale needs random feedback; '{base.name}' has no feedback matrices"),
+           label=lambda a: f"feedback x{a.feedback_scale:g}", example=("rbp", {"feedback_scale": 0.5})),
+    Option("init_scale", "float", _positive("init_scale"), "rbp.convert multiplies the forward weights by it",
+           label=lambda a: f"init x{a.init_scale:g}", example=("rbp", {"init_scale": 0.5})),
+    Option("blocks", "strs", _names,
+           "srbp's block mode: module names (or patterns such as 'layers.*') whose outputs receive C E^L",
+           applies="srbp", metavar="NAMES",
+           refuse=lambda base, v: (f"blocks: block mode delivers C E^L at block outputs by srbp's skipped route "
+                                   f"with fixed matrices; '{base.name}' is not srbp (use srbp)"
+                                   if v and (base.route != "skip" or base.adaptive or base.backward_hidden)
+                                   else None),
+           label=_blocks_label, example=("srbp", {"blocks": ("0", "2")})),
+    Option("block_feedback", "str", _choice("block_feedback", ("bp", "rbp")),
+           "the route inside and between blocks in block mode", applies="with blocks", choices=("bp", "rbp"),
+           example=("srbp", {"blocks": ("0",), "block_feedback": "rbp"})),
+    Option("block_matrix", "str", _choice("block_matrix", ("own", "shared")),
+           "each block its own C_k, or one C shared by all blocks", applies="with blocks",
+           choices=("own", "shared"), example=("srbp", {"blocks": ("0",), "block_matrix": "shared"})),
+)
+OPTION = {opt.name: opt for opt in OPTIONS}
+OPTION_NAMES = tuple(OPTION)
 MIRROR_OPTIONS = ("mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch")
 
 
-def _check_bits(key, value):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key} must be an integer number of bits in {MIN_BITS}..{MAX_BITS}, got {value!r}")
-    if not MIN_BITS <= value <= MAX_BITS:
-        raise ConfigError(f"{key} must be in {MIN_BITS}..{MAX_BITS} bits, got {value}")
-    return value
-
-
-def _check_positive(key, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"{key} must be a positive number, got {value!r}")
-    return float(value)
-
-
 def algorithm(name: str | Algorithm, **options) -> Algorithm:
-    """Look up a named algorithm and apply options, validating every one.
+    """Look up a named algorithm and apply options, validating every one (``OPTIONS``, then ``RULES``).
 
     >>> algorithm("srbp", feedback="sparse-8", derivative=False).describe()
     "srbp[sparse-8, no f']"
@@ -291,147 +557,106 @@ def algorithm(name: str | Algorithm, **options) -> Algorithm:
         raise ConfigError(f"unknown option {unknown[0]!r}; valid options: {', '.join(OPTION_NAMES)}")
     changes = {}
     for key, value in options.items():
-        if value is None and key not in ("quantize_error", "quantize_update"):
+        opt = OPTION[key]
+        if value is None and not opt.nullable:
             continue
-        if key == "feedback":
-            spec = fb.parse(value)
-            if not base.random_feedback:
-                if str(spec) == "glorot-normal":
-                    continue  # the default: nothing to change
-                if base.route == "top":
-                    raise ConfigError("feedback has no effect with 'top' (hidden layers receive no signal)")
-                raise ConfigError(f"feedback={value!r} needs random feedback; '{base.name}' uses the "
-                                  "transposed forward weights (use rbp, srbp, arbp or asrbp)")
-            if spec.follows_forward and base.route != "chain":
-                raise ConfigError(f"feedback {spec.kind!r} is defined for chained routes (rbp and its variants) only")
-            if spec.per_synapse and base.route != "skip":
-                raise ConfigError("feedback 'per-synapse' is defined for the skipped route (srbp) only")
-            if spec.refreshed and (base.adaptive or base.mirror_rate):
-                raise ConfigError(f"feedback {value!r} is set anew every minibatch and cannot adapt ({base.name})")
-            changes["feedback"] = spec
-        elif key == "derivative":
-            if not isinstance(value, bool):
-                raise ConfigError(f"derivative must be true or false, got {value!r}")
-            if base.route == "top" and not value:
-                raise ConfigError("derivative=False has no effect with 'top' (hidden layers receive no signal)")
-            changes["derivative"] = value
-        elif key in ("quantize_error", "quantize_update"):
-            bits = _check_bits(key, value)
-            if key == "quantize_error" and bits is not None and base.route == "top":
-                raise ConfigError("quantize_error has no effect with 'top' (hidden layers receive no signal)")
-            changes[key] = bits
-        elif key == "dropout":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ConfigError(f"dropout must be a probability in [0, 1), got {value!r}")
-            if value and base.route == "top":
-                raise ConfigError("dropout has no effect with 'top' (the learning channel carries no signal)")
-            changes["dropout"] = float(value)
-        elif key == "update":
-            if value not in UPDATES:
-                raise ConfigError(f"update must be one of {', '.join(UPDATES)}, got {value!r}")
-            changes["update"] = value
-        elif key == "adapt_rate":
-            if not base.adaptive:
-                raise ConfigError(f"adapt_rate applies to adaptive algorithms ({', '.join(_adaptive_names())}), "
-                                  f"not '{base.name}'")
-            changes["adapt_rate"] = _check_positive(key, value)
-        elif key == "backward_nonlinearity":
-            name = _UNIT_ALIASES.get(value, value) if isinstance(value, str) else value
-            if name not in BACKWARD_UNITS:
-                raise ConfigError(f"backward_nonlinearity must be one of {', '.join(BACKWARD_UNITS)}, got {value!r}")
-            if base.route == "top":
-                raise ConfigError("backward_nonlinearity has no effect with 'top' (the learning channel carries "
-                                  "no signal)")
-            changes[key] = name
-        elif key == "backward_hidden":
-            if isinstance(value, int) and not isinstance(value, bool):
-                value = (value,)
-            if not isinstance(value, (list, tuple)) or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
-                                                           for n in value):
-                raise ConfigError(f"backward_hidden must be a list of positive layer sizes, got {value!r}")
-            if base.route != "skip":
-                raise ConfigError(f"backward_hidden gives the hidden layers of a distinct learning network; "
-                                  f"'{base.name}' has no distinct network (use distinct, adistinct or srbp)")
-            changes[key] = tuple(value)
-        elif key == "feedback_scale":
-            scale = _check_positive(key, value)
-            if not base.random_feedback and scale != 1.0:
-                raise ConfigError(f"feedback_scale needs random feedback; '{base.name}' has no feedback matrices")
-            changes[key] = scale
-        elif key == "init_scale":
-            changes[key] = _check_positive(key, value)
-        elif key in ("quantize_error_alpha", "quantize_update_alpha", "quantize_update_lr"):
-            changes[key] = _check_positive(key, value)
-        elif key == "weight_decay":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
-                    or value != value or value == float("inf"):
-                raise ConfigError(f"weight_decay must be a number >= 0, got {value!r}")
-            changes[key] = float(value)
-        elif key in MIRROR_OPTIONS:
-            if not (base.route == "chain" and base.random_feedback):
-                raise ConfigError(f"{key}: weight mirrors teach the feedback matrices of a chained route with "
-                                  f"random feedback (wm, rbp); '{base.name}' has none")
-            if key == "mirror_batch":
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ConfigError(f"mirror_batch must be a positive integer, got {value!r}")
-                changes[key] = value
-            elif key == "mirror_rate" and not isinstance(value, bool) and isinstance(value, (int, float)) \
-                    and value == 0:
-                changes[key] = 0.0      # mirrors off
-            else:
-                changes[key] = _check_positive(key, value)
-        elif key == "quantize_update_mode":
-            try:
-                words = parse_update_mode(value)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-            changes[key] = "+".join(words) or "eq19"
-        elif key == "loss_reduction":
-            if value not in ("mean", "sum"):
-                raise ConfigError(f"loss_reduction must be 'mean' or 'sum', got {value!r}")
-            changes[key] = value
-        elif key == "blocks":
-            if isinstance(value, str):
-                value = (value,)
-            if not isinstance(value, (list, tuple)) or any(not isinstance(n, str) or not n.strip() for n in value):
-                raise ConfigError(f"blocks must be a list of module names (e.g. ['layers.0', 'layers.1']), got {value!r}")
-            if value and (base.route != "skip" or base.adaptive or base.backward_hidden):
-                raise ConfigError(f"blocks: block mode delivers C E^L at block outputs by srbp's skipped route with "
-                                  f"fixed matrices; '{base.name}' is not srbp (use srbp)")
-            changes[key] = tuple(value)
-        elif key == "block_feedback":
-            if value not in BLOCK_FEEDBACK:
-                raise ConfigError(f"block_feedback must be one of {', '.join(BLOCK_FEEDBACK)}, got {value!r}")
-            changes[key] = value
-        elif key == "block_matrix":
-            if value not in BLOCK_MATRIX:
-                raise ConfigError(f"block_matrix must be one of {', '.join(BLOCK_MATRIX)}, got {value!r}")
-            changes[key] = value
+        value = opt.check(value)
+        if opt.inert is not None and opt.inert(base, value):
+            continue
+        why = opt.refuse(base, value) if opt.refuse is not None else None
+        if why:
+            raise ConfigError(why)
+        changes[key] = value
     result = dataclasses.replace(base, **changes)
-    if result.quantize_update_mode != "eq19" and not result.quantize_update:
+    for rule in RULES:
+        rule(result)
+    return result
+
+
+# ----------------------------------------------------------------------------- rules between options
+
+def quantize_update_mode_needs_bits(alg):
+    if alg.quantize_update_mode != "eq19" and not alg.quantize_update:
         raise ConfigError("quantize_update_mode needs quantize_update (the number of bits)")
-    if "after-lr" in result.quantize_update_mode.split("+") and result.quantize_update_lr is None:
+
+
+def after_lr_needs_its_lr(alg):
+    after = "after-lr" in alg.quantize_update_mode.split("+")
+    if after and alg.quantize_update_lr is None:
         raise ConfigError("quantize_update_mode 'after-lr' needs quantize_update_lr, the constant learning rate "
                           "the quantizer sees the update after")
-    if result.quantize_update_lr is not None and "after-lr" not in result.quantize_update_mode.split("+"):
+    if alg.quantize_update_lr is not None and not after:
         raise ConfigError("quantize_update_lr is only used by quantize_update_mode 'after-lr'")
-    if result.feedback.per_synapse and (result.adaptive or result.quantize_error or result.dropout
-                                        or result.backward_nonlinearity or result.backward_hidden):
+
+
+def per_synapse_feedback_alone(alg):
+    if alg.feedback.per_synapse and (alg.adaptive or alg.quantize_error or alg.dropout
+                                     or alg.backward_nonlinearity or alg.backward_hidden):
         raise ConfigError("feedback 'per-synapse' does not combine with adaptation, quantize_error, dropout, "
                           "backward_nonlinearity or backward_hidden")
-    if result.mirror_rate and result.feedback.refreshed:
-        raise ConfigError(f"feedback {str(result.feedback)!r} is set anew every minibatch; weight mirrors "
+
+
+def mirrors_need_kept_feedback(alg):
+    if alg.mirror_rate and alg.feedback.refreshed:
+        raise ConfigError(f"feedback {str(alg.feedback)!r} is set anew every minibatch; weight mirrors "
                           "(mirror_rate) would be overwritten")
-    if result.blocks:
-        _check_blocks(result)
-    elif result.block_feedback != Algorithm.block_feedback:
+
+
+def block_mode(alg):
+    if alg.blocks:
+        _check_blocks(alg)
+    elif alg.block_feedback != Algorithm.block_feedback:
         raise ConfigError("block_feedback is the route inside the blocks of srbp's block mode; it needs blocks=")
-    elif result.block_matrix != Algorithm.block_matrix:
+    elif alg.block_matrix != Algorithm.block_matrix:
         raise ConfigError("block_matrix chooses the matrices of srbp's block mode; it needs blocks=")
-    if result.backward_hidden and (result.feedback.resampled or result.feedback.needs_forward_sign):
-        raise ConfigError(f"feedback {str(result.feedback)!r} follows the forward weights, but the hidden layers "
+
+
+def distinct_network_follows_nothing(alg):
+    if alg.backward_hidden and (alg.feedback.resampled or alg.feedback.needs_forward_sign):
+        raise ConfigError(f"feedback {str(alg.feedback)!r} follows the forward weights, but the hidden layers "
                           "of a distinct learning network (backward_hidden) mirror no forward matrix")
-    return result
+
+
+RULES = (quantize_update_mode_needs_bits, after_lr_needs_its_lr, per_synapse_feedback_alone,
+         mirrors_need_kept_feedback, block_mode, distinct_network_follows_nothing)
+
+
+def option_defaults(opt: Option) -> str:
+    """The option's default, and the named algorithms whose own default differs (for the docs)."""
+    base = opt.plain(_default(None, opt.name))
+    others = {}
+    for name, alg in ALGORITHMS.items():
+        v = opt.plain(getattr(alg, opt.name))
+        if v != base:
+            others.setdefault(_show(v), []).append(name)
+    text = _show(base)
+    if others:
+        text += "; " + "; ".join(f"{', '.join(names)}: {v}" for v, names in others.items())
+    return text
+
+
+def _show(v) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(map(str, v)) + "]"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def options_table() -> str:
+    """The Markdown table of every option (the README's, between its ``options`` markers)."""
+    lines = ["| option | flag | default | applies to | meaning |", "|---|---|---|---|---|"]
+    for opt in OPTIONS:
+        flag = opt.cli_flag if opt.negate else f"{opt.cli_flag} {opt.metavar or opt.kind.upper()}"
+        if opt.choices:
+            flag = f"{opt.cli_flag} {{{','.join(opt.choices)}}}"
+        lines.append(f"| `{opt.name}` | `{flag}` | {option_defaults(opt)} | {opt.applies} | "
+                     f"{opt.help.replace('|', '/')} |")
+    return "\n".join(lines)
 
 
 BLOCK_FEEDBACK = ("bp", "rbp")

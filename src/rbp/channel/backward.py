@@ -43,6 +43,7 @@ from ..errors import ConfigError
 from . import feedback as fb
 from .quantize import magnitude_count, quantize
 from .routes import route_of
+from .transfer import TRANSFER
 
 
 SITE_NODES: set = set()   # autograd node classes of the sites' Function (registered by rbp.nn.layers)
@@ -157,12 +158,7 @@ def error_scale(alg, rows: int) -> float:
 
 # The learning channel's units (paper 2, symmetry of processing): each maps the summed
 # signal a backward unit receives, in the paper's units (T - O per example), to what it sends.
-UNITS = {
-    "tanh": torch.tanh,
-    "relu": torch.relu,
-    "logistic": torch.sigmoid,
-    "linear": lambda t: t,
-}
+UNITS = {name: t.apply for name, t in TRANSFER.items()}     # the one table (channel/transfer.py)
 
 
 def backward_units(alg, J: torch.Tensor, scale: float) -> torch.Tensor:
@@ -287,7 +283,7 @@ def _functional() -> bool:
 def _resample(site, spec, weight, fbk):
     shape = fbk.shape[1:] if site.ensemble else fbk.shape
     gens = site.channel.noise.generators(fbk.device)
-    chained = site.algorithm.route != "skip"
+    chained = route_of(site.algorithm).chained
 
     def one(gen, w):
         return site.sample_feedback(spec, tuple(shape), chained=chained, generator=gen, forward_sign=w,

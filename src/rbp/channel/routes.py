@@ -42,6 +42,9 @@ class Route:
     adapts_from_update = False   # adaptive feedback changes by the forward update itself (ARBP, KP)
     needs_error = False          # hidden layers read the output error E^L itself (skipped routes)
     recomputable = True          # a site may enter the pass during its backward (reentrant checkpointing)
+    # the signal travels through transposed forward matrices with the derivatives between them left out,
+    # so it can pass only layers that are matrices (not attention's scores, not a recurrent cell's gates)
+    matrices_only = False
 
     @property
     def feedback_adaptive(self) -> bool:
@@ -116,9 +119,22 @@ class Route:
         """The forward matrix that ``carrier`` stands in for (None where it is not defined)."""
         return sites[h].weight
 
+    @property
+    def follows_forward_product(self) -> bool:
+        """Whether the feedback copies the signs of a product of the forward matrices above each layer
+        (congruent feedback on a skipped route): layers across which that product is undefined refuse it."""
+        return False
+
     def channel_cost(self, N: list) -> tuple[int, int]:
-        """(multiplications of the channel, multiplications its adaptation costs) per example."""
-        chain = sum(N[k] * N[k + 1] for k in range(1, len(N) - 1))
+        """(multiplications of the channel, multiplications its adaptation costs) per example, for a fully
+        connected network of sizes N = (N_0, ..., N_L)."""
+        return self.layer_cost([(N[k] * N[k + 1], N[k]) for k in range(len(N) - 1)], N[-1])
+
+    def layer_cost(self, layers: list, n_top: int) -> tuple[int, int]:
+        """The same for any stack of weight layers: ``layers`` = [(multiply-adds of layer i's forward map per
+        example, units of its input per example)], in forward order; ``n_top`` output units.  Nothing is sent
+        below the first layer."""
+        chain = sum(macs for macs, _ in layers[1:])
         return chain, chain
 
 
@@ -140,6 +156,7 @@ class Product(Chain):
     name = "product"
     adapts_from_update = False
     recomputable = False         # signals are handed from site to site by position
+    matrices_only = True
 
     def source(self, site, pas, position, g, top, scale):
         # what this site's (twin) unit emits: before f'
@@ -216,8 +233,12 @@ class Skip(Route):
             m = m @ s.forward_matrix(s.weight)
         return m
 
-    def channel_cost(self, N):
-        skip = N[-1] * sum(N[1:-1])
+    @property
+    def follows_forward_product(self):
+        return self.alg.random_feedback and self.alg.feedback.needs_forward_sign
+
+    def layer_cost(self, layers, n_top):
+        skip = n_top * sum(units for _, units in layers[1:])
         return skip, skip
 
 
@@ -266,14 +287,14 @@ class Distinct(Skip):
             carrier = sites[len(sites) - k].backward_weight @ carrier
         return carrier
 
-    def channel_cost(self, N):
-        L, m = len(N) - 1, self.depth
+    def layer_cost(self, layers, n_top):
+        L, m = len(layers), self.depth
         if m > L - 1:
             raise ConfigError(f"backward_hidden has {m} layers but the network has {L - 1} hidden layers to "
                               f"receive from them; a distinct network may be at most {L - 1} layers deep")
-        widths = (N[L], *self.alg.backward_hidden)
+        widths = (n_top, *self.alg.backward_hidden)
         relay = sum(widths[k - 1] * widths[k] for k in range(1, m + 1))
-        adapted = sum(widths[min(L - h, m)] * N[h] for h in range(1, L))
+        adapted = sum(widths[min(L - h, m)] * layers[h][1] for h in range(1, L))
         return relay + adapted, adapted
 
 
@@ -313,10 +334,6 @@ class PerSynapse(Skip):
     def carrier(self, sites, h):
         return None
 
-    def channel_cost(self, N):
-        skip = N[-1] * sum(N[1:-1])
-        return skip, skip
-
 
 class Top(Route):
     """No learning channel: only the top layer learns."""
@@ -338,7 +355,7 @@ class Top(Route):
     def mirror(self, sites, h):
         return None
 
-    def channel_cost(self, N):
+    def layer_cost(self, layers, n_top):
         return 0, 0
 
 

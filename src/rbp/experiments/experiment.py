@@ -29,12 +29,9 @@ to put our numbers beside the paper's::
     id = "baseline-rbp"                         # [a-z0-9._-], unique in the file
     label = "RBP"                               # legend / table text (default: the algorithm's label)
     algorithm = "rbp"                           # bp, sbp, rbp, srbp, arbp, asrbp, top
-    feedback = "sparse-8"                       # any option of rbp.algorithm: feedback, derivative,
-                                                # quantize_error, quantize_update, dropout, update, adapt_rate,
-                                                # feedback_scale, init_scale, weight_decay, mirror_rate,
-                                                # mirror_noise, mirror_decay, mirror_batch,
-                                                # blocks, block_feedback, block_matrix (srbp's block mode:
-                                                # docs/blocks.md)
+    feedback = "sparse-8"                       # any option of rbp.algorithm (its table, OPTIONS; the
+                                                # README lists them): feedback, derivative, quantize_error,
+                                                # dropout, backward_hidden, blocks (docs/blocks.md), ...
     lr = 0.1                                    # protocol overrides: batch_size, lr, decay, momentum,
                                                 # hidden, activation, frozen
     row = "baseline"                            # Table row (configs of one row form one table row group)
@@ -64,11 +61,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..channel.algorithm import ALGORITHMS, OPTION_NAMES, Algorithm, algorithm as make_algorithm
+from ..channel.algorithm import ALGORITHMS, OPTION, OPTION_NAMES, Algorithm, algorithm as make_algorithm
 from ..data import DATASETS
 from ..errors import ConfigError
-from ..nn.activations import ACTIVATIONS, ALIASES
-from ..protocols import MNIST, protocol as paper_protocol
+from ..protocols import CHECKS as PROTOCOL_FIELD_CHECKS, MNIST, protocol as paper_protocol
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -78,10 +74,7 @@ else:  # pragma: no cover
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 PROTOCOL_DEFAULTS = MNIST.as_dict()       # a file's [protocol] defaults: its dataset's paper protocol
 OVERRIDABLE = ("batch_size", "lr", "decay", "momentum", "hidden", "activation", "frozen")
-ALGORITHM_OPTIONS = ("feedback", "derivative", "quantize_error", "quantize_update", "quantize_update_mode",
-                     "quantize_update_lr", "dropout", "update", "adapt_rate", "feedback_scale", "init_scale",
-                     "weight_decay", "mirror_rate", "mirror_noise", "mirror_decay", "mirror_batch",
-                     "blocks", "block_feedback", "block_matrix")
+ALGORITHM_OPTIONS = OPTION_NAMES        # every option of rbp.algorithm (its table, OPTIONS), checked by it
 TOP_KEYS = ("name", "description", "reference", "dataset", "requires", "protocol", "config")
 CONFIG_KEYS = ("id", "label", "algorithm", *ALGORITHM_OPTIONS, *OVERRIDABLE, "row", "group",
                "paper_mean", "paper_sd", "note")
@@ -152,28 +145,34 @@ def _str_list(v):
     return tuple(v)
 
 
-_ACTIVATION = _str(tuple(ACTIVATIONS) + tuple(ALIASES))
-PROTOCOL_CHECKS = {
-    # upper bounds: far beyond any experiment of the papers, low enough to catch a typo before it allocates
-    "epochs": _int(1, 100_000), "seeds": _int(1, 10_000), "batch_size": _int(1, 1_000_000),
-    "lr": _float(0, lo_open=True), "decay": _float(0), "momentum": _float(0, 1),
-    "hidden": _int_list(1, False, 100_000), "activation": _ACTIVATION,
-    "frozen": _int_list(1, True), "model": _str(pattern=re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")),
-    "augment": _bool, "optimizer": _str(("sgd", "adam")),
-}
+def _option_check(opt):
+    """An algorithm option's check from its table entry; the value kept is the one a file writes."""
+    def check(v):
+        try:
+            return opt.plain(opt.check(v))
+        except ConfigError as e:
+            raise _Bad(str(e).removeprefix(opt.name + " ")) from None
+    return check
+
+
+def _checked(key, check):
+    """A check of the one table (rbp.protocols.CHECKS) as a file key's: the message without the key."""
+    def run(v):
+        try:
+            return check(v)
+        except ConfigError as e:
+            raise _Bad(str(e).removeprefix(key + " ")) from None
+    return run
+
+
+PROTOCOL_CHECKS = {key: _checked(key, check) for key, check in PROTOCOL_FIELD_CHECKS.items()}
 CONFIG_CHECKS = {
     "id": _str(pattern=_NAME), "label": _str(), "algorithm": _str(tuple(ALGORITHMS)),
     **{k: PROTOCOL_CHECKS[k] for k in OVERRIDABLE},
     "row": _str(), "group": _str_list, "paper_mean": _float(0, 100, hi_open=False),
     "paper_sd": _float(0), "note": _str(),
-    # algorithm options: types here, meaning and ranges in rbp.algorithm
-    "feedback": _str(), "derivative": _bool, "quantize_error": _int(0), "quantize_update": _int(0),
-    "quantize_update_mode": _str(), "quantize_update_lr": _float(0, lo_open=True),
-    "dropout": _float(0, 1), "update": _str(), "adapt_rate": _float(0, lo_open=True),
-    "feedback_scale": _float(0, lo_open=True), "init_scale": _float(0, lo_open=True),
-    "weight_decay": _float(0), "mirror_rate": _float(0), "mirror_noise": _float(0, lo_open=True),
-    "mirror_decay": _float(0, lo_open=True), "mirror_batch": _int(1),
-    "blocks": _str_list, "block_feedback": _str(), "block_matrix": _str(),
+    # algorithm options: the option table's own checks (rbp.channel.algorithm.OPTIONS)
+    **{name: _option_check(opt) for name, opt in OPTION.items()},
 }
 
 
@@ -375,6 +374,9 @@ def parse(text: str, source: str = "<string>") -> Experiment:
                 bad(key, "is required", cid)
         values = {}
         for key, value in raw.items():
+            if key == "feedback" and isinstance(value, str) and value in pending_feedback:
+                values[key] = value       # a distribution still to land: checked once the engine has it
+                continue
             try:
                 values[key] = CONFIG_CHECKS[key](value)
             except _Bad as e:

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ..channel.transfer import ALIASES, TRANSFER
 from ..errors import ConfigError
 
 
@@ -24,17 +25,8 @@ class Activation:
     backward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (J, output) -> f' * J
 
 
-def _relu_backward(J, out):
-    return torch.ops.aten.threshold_backward(J, out, 0)
-
-
-ACTIVATIONS = {
-    "tanh": Activation("tanh", nn.Tanh, torch.tanh_, torch.ops.aten.tanh_backward),
-    "relu": Activation("relu", nn.ReLU, torch.relu_, _relu_backward),
-    "logistic": Activation("logistic", nn.Sigmoid, torch.sigmoid_, torch.ops.aten.sigmoid_backward),
-    "linear": Activation("linear", nn.Identity, lambda s: s, lambda J, out: J),
-}
-ALIASES = {"sigmoid": "logistic", "identity": "linear"}
+# read from the one table of transfer functions (rbp.channel.transfer)
+ACTIVATIONS = {name: Activation(name, t.module, t.apply_, t.backward) for name, t in TRANSFER.items()}
 
 # Module types that are elementwise transfer functions (for conversion and "no f'").
 ELEMENTWISE = (nn.Tanh, nn.ReLU, nn.Sigmoid, nn.Identity, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU,

@@ -340,7 +340,8 @@ def check(alg, model: nn.Module, layers) -> None:
     if ens:
         raise UnsupportedModelError(f"nn.MultiheadAttention ({where}) has no ensemble form: convert one network "
                                     f"per seed (ensemble layer: {ens[0]})")
-    if alg.route == "product":
+    route = route_of(alg)
+    if route.matrices_only:
         raise ConfigError(f"{alg.name} is not supported with nn.MultiheadAttention ({where}): its product route "
                           "(SBP, twin network) passes the signal through transposed forward matrices without "
                           "derivatives, and attention's scores are a nonlinear function of q and k with no "
@@ -348,7 +349,7 @@ def check(alg, model: nn.Module, layers) -> None:
     if alg.random_feedback and alg.feedback.per_synapse:
         raise ConfigError(f"feedback 'per-synapse' is not supported with nn.MultiheadAttention ({where}): its "
                           "packed projection is read by several inputs, so a synapse has no single presynaptic unit")
-    if alg.route == "skip" and alg.random_feedback and alg.feedback.needs_forward_sign:
+    if route.follows_forward_product:
         raise ConfigError(f"feedback {alg.feedback.kind!r} with {alg.name} needs the product of the forward "
                           f"matrices above each layer, which is not defined across attention ({where})")
     if not alg.derivative:

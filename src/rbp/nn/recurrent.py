@@ -35,6 +35,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..channel import feedback as fb
 from ..channel.backward import SITE_NODES, feedback_matrix, site_backward
+from ..channel.routes import route_of
 from ..errors import ConfigError, UnsupportedModelError
 from .layers import LinearOps
 from .registry import SiteAdapter
@@ -266,7 +267,7 @@ class FeedbackRecurrent:
             if not batched:
                 h0, c0 = h0.unsqueeze(1), (None if c0 is None else c0.unsqueeze(1))
         alg = self.channel.algorithm
-        chained = alg.route == "chain"
+        chained = route_of(alg).chained       # the signal travels back through W_hh (or its feedback)
         pas = self.channel.current_pass()
         layer_input, hn, cn = x, [], []
         for k in range(L):
@@ -355,7 +356,8 @@ def check_options(alg, layers) -> None:
     if isinstance(top, RECURRENT):
         raise UnsupportedModelError(f"the top weight layer is {type(top).__name__} {top_name or 'model'!r}; rbp "
                                     "needs a linear readout as the output layer (end the network with nn.Linear)")
-    if alg.route == "product":
+    route = route_of(alg)
+    if route.matrices_only:
         raise ConfigError(f"{alg.name} is not defined with a recurrent layer ({what}): its product route passes the "
                           "signal through transposed forward matrices with the derivatives between them left "
                           "out, and through time those are the cell's own gates (use bp, rbp or srbp)")
@@ -366,7 +368,7 @@ def check_options(alg, layers) -> None:
     if not alg.derivative:
         raise ConfigError(f"derivative=False (no f') is not defined inside a recurrent cell ({what}): the cell's "
                           "units are not separate activation modules whose derivative could be left out")
-    if alg.route == "skip" and alg.random_feedback and alg.feedback.needs_forward_sign:
+    if route.follows_forward_product:
         raise ConfigError(f"feedback {alg.feedback.kind!r} with {alg.name} needs the product of the forward "
                           f"matrices above each layer, which is not defined across a recurrent layer ({what})")
     m = len(alg.backward_hidden)
