@@ -39,8 +39,8 @@ from .embedding import FeedbackEmbedding
 from .layers import FeedbackLinear
 from .recurrent import RECURRENT, FeedbackRecurrent
 from .registry import BuildInfo, CheckContext
-from .site import Site, placeholder
-from .summary import ConversionReport, UnknownWeightWarning
+from .site import placeholder
+from .summary import ConversionReport
 
 
 # Normalisation layers rbp names in its product-route refusal (any other norm is structural as well).
@@ -181,7 +181,7 @@ def classify(model: nn.Module, alg: Algorithm | None = None, targets=None, exclu
     def selected(name):
         return (targets is None or _matches(targets, name)) and not (exclude and _matches(exclude, name))
 
-    product = alg is not None and alg.route == "product"
+    product = alg is not None and route_of(alg).matrices_only
     layers, structural, excluded, bare, bad = [], [], [], [], []
     inside = []           # modules whose children belong to their adapter
     for name, mod in model.named_modules():
@@ -372,7 +372,7 @@ _MIXES = {nn.BatchNorm1d: "batch normalisation is a nonlinear function of the ba
 
 
 def _check_product_route(alg: Algorithm, model: nn.Module):
-    if alg.route != "product":
+    if not route_of(alg).matrices_only:
         return
     for name, mod in model.named_modules():
         if isinstance(mod, MIXING):
@@ -405,7 +405,7 @@ def _check_ensemble_layers(model: nn.Module, layers, ensemble, plan: Plan):
 
 def _route_structure(alg: Algorithm, model: nn.Module, channel):
     """Product route: record each pooling / reshape module's input on the pass (see Pass.through_structure)."""
-    if alg.route != "product":
+    if not route_of(alg).matrices_only:
         return
     for mod in model.modules():
         if isinstance(mod, ROUTED):
