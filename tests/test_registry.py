@@ -591,3 +591,19 @@ def test_adaptive_feedback_of_a_site_reading_a_computed_input_exists_at_convert(
         F.cross_entropy(m(torch.randn(5, 4)), torch.tensor([0, 1, 2, 0, 1])).backward()
         opt.step()
     assert not torch.equal(m[2].feedback, before)
+
+
+def test_a_subclass_calling_the_base_function_is_a_site_under_torch_compile():
+    """torch.compile (dynamo traces the module's hooks) keeps the own-call interception: the head stays a site."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), OwnLinear(16, 5))
+    x, y = torch.randn(4, 8), torch.randint(0, 5, (4,))
+    m = rbp.convert(net, "rbp", seed=0)
+    ref = _grads(m, x, y)
+    compiled = torch.compile(m, backend="aot_eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", rbp.UnknownWeightWarning)
+        m.zero_grad()
+        F.cross_entropy(compiled(x), y).backward()
+    for n, p in m.named_parameters():
+        assert torch.allclose(p.grad, ref[n], atol=1e-6), n

@@ -435,7 +435,7 @@ _CONV = {torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.conv1d, t
 
 def _shim_begin(module, args):
     module.__dict__["_rbp_ran"] = False
-    if module.channel is not None and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    if module.channel is not None and torch.is_grad_enabled():
         mode = _OwnCall(module)
         mode.__enter__()
         module.__dict__["_rbp_mode"] = mode
