@@ -90,3 +90,18 @@ def tiny_experiment(*configs, name="tiny", description="a tiny experiment for th
         config = {"id": f"c{i}", "algorithm": "bp", **config}
         lines += ["", "[[config]]"] + [f"{k} = {_toml(v)}" for k, v in config.items()]
     return "\n".join(lines) + "\n"
+
+
+def run_example(name, tmp_path, *args, timeout=300):
+    """Run examples/<name> as a user runs it (RBP_EXAMPLE_QUICK=1: a few steps); its standard output."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, RBP_EXAMPLE_QUICK="1", MPLBACKEND="Agg", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(root / "examples" / name), *map(str, args)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout

@@ -1,23 +1,16 @@
 """The scripts of examples/ run as a user runs them (RBP_EXAMPLE_QUICK=1: a few epochs) and print what they say."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_example
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
 
 def _run(name, tmp_path, *args):
-    env = dict(os.environ, RBP_EXAMPLE_QUICK="1", MPLBACKEND="Agg", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *map(str, args)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+    return run_example(name, tmp_path, *args)
 
 
 def test_every_example_is_tested():

@@ -4,26 +4,15 @@ venv (`python -m pytest -m zoo`); without the libraries they skip.  tests/test_e
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
+from helpers import run_example
 
 pytestmark = pytest.mark.zoo
 
 
 def _run(name, tmp_path, *args):
-    env = dict(os.environ, RBP_EXAMPLE_QUICK="1", MPLBACKEND="Agg", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *map(str, args)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+    return run_example(name, tmp_path, *args, timeout=600)
 
 
 def _numbers(out, prefix, field):

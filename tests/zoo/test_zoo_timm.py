@@ -8,12 +8,7 @@ import zoo_models as Z
 pytestmark = pytest.mark.zoo
 C.require("timm")
 
-CASES = C.cases(Z.TIMM)
 
-
-@pytest.mark.parametrize("spec,alg,check", CASES, ids=[f"{s.name}-{a}-{c}" for s, a, c in CASES])
+@C.parametrize(Z.TIMM)
 def test_zoo(spec, alg, check):
-    try:
-        C.run(spec, alg, check)
-    except C.Refused as e:
-        pytest.skip(f"refused as expected (see its convert case): {e}")
+    C.run_case(spec, alg, check)

@@ -320,6 +320,22 @@ def cases(specs):
     return [(s, a, c) for s in specs for a in algorithms(s) for c in checks(s)]
 
 
+def parametrize(specs):
+    """The pytest parametrisation of a library's test: every (spec, algorithm, check), with readable ids."""
+    import pytest
+    found = cases(specs)
+    return pytest.mark.parametrize("spec,alg,check", found, ids=[f"{s.name}-{a}-{c}" for s, a, c in found])
+
+
+def run_case(spec, alg, check):
+    """One case of the table; the checks behind an intended refusal skip (its convert case asserts it)."""
+    import pytest
+    try:
+        run(spec, alg, check)
+    except Refused as e:
+        pytest.skip(f"refused as expected (see its convert case): {e}")
+
+
 def tied_copy(spec):
     """``spec``'s model with tie_word_embeddings=True (the lm_head shares the input embedding's matrix)."""
     model = copy.deepcopy(plain(spec, torch.float64)[0])

@@ -267,13 +267,14 @@ def feedback_matrix(site, weight, fbk, probe: bool = False):
                 new = _resample(site, spec, weight, fbk)
                 if alg.feedback_scale != 1.0:
                     new.mul_(alg.feedback_scale)
-            if _functional():       # torch.func may not mutate a captured tensor: use the new matrix as it is
+            if functorch_active():  # torch.func may not mutate a captured tensor: use the new matrix as it is
                 return new
             fbk.copy_(new)
     return fbk
 
 
-def _functional() -> bool:
+def functorch_active() -> bool:
+    """Whether a torch.func transform (grad, vjp, vmap) is running."""
     try:
         return torch._C._functorch.peek_interpreter_stack() is not None
     except AttributeError:       # pragma: no cover - older torch

@@ -82,8 +82,6 @@ class ProjectionSite(LinearOps, ModuleView):
         self.in_features = w.shape[1]
         self.out_features = w.shape[0] if rows is None else len(range(*rows.indices(w.shape[0])))
 
-    bias_name = "in_proj_bias"
-
     # the site contract (channel/backward.py): tensors read off the module (ModuleView) -----------
     @property
     def weight(self):

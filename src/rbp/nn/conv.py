@@ -3,7 +3,7 @@
 :class:`FeedbackConvNd` (with the named forms :class:`FeedbackConv1d` and
 :class:`FeedbackConv2d`) is to a convolution what :class:`~rbp.nn.layers.FeedbackLinear`
 is to ``nn.Linear``: its forward pass is the ordinary convolution, run inside the
-same autograd ``Function`` (``_SiteFunction``), and its backward pass is the one
+same autograd ``Function`` (``rbp.nn.site.SiteFunction``), and its backward pass is the one
 learning-channel step :func:`rbp.channel.backward.site_backward`.  That function only
 calls the tensor algebra below (:class:`ConvOps`), so every algorithm, feedback
 distribution and operator of the engine reaches conv layers without conv-specific

@@ -24,12 +24,9 @@ from ..channel.quantize import quantize
 from ..errors import ConfigError
 from . import _qkernel
 from .registry import SiteAdapter
-from .site import Site, SiteFunction, overrides_forward, shim
+from .site import Site, overrides_forward, shim
 
 _CHUNK_ELEMENTS = 1 << 20  # per-example updates are formed in chunks of at most this many numbers
-
-
-_SiteFunction = SiteFunction   # the one Function of every site (rbp.nn.site)
 
 
 class LinearOps:

@@ -47,11 +47,7 @@ class SiteAdapter:
     """
 
     name = "weight layer"
-    types: tuple = ()
     claims_children = False     # True: the module's children are classified on their own (attention's out_proj)
-
-    def claims(self, module: nn.Module) -> bool:
-        return isinstance(module, self.types)
 
     def refuse(self, module: nn.Module) -> str | None:
         """Why this module cannot be a site (shown after its name and type), or None."""
@@ -86,10 +82,11 @@ class CheckContext:
 @dataclass
 class _Entry:
     adapter: SiteAdapter
-    predicate: Callable[[nn.Module], bool] | None = None
+    predicate: Callable[[nn.Module], bool]
+    cls: type | None = None          # the registered class (None: a predicate), for the most specific match
 
     def claims(self, module) -> bool:
-        return self.predicate(module) if self.predicate is not None else self.adapter.claims(module)
+        return self.predicate(module)
 
 
 _REGISTRY: list[_Entry] = []
@@ -104,12 +101,9 @@ def register_site(kind, adapter: SiteAdapter, *, first: bool = True) -> SiteAdap
     if isinstance(kind, type):
         if not issubclass(kind, nn.Module):
             raise ConfigError(f"register_site: {kind.__name__} is not a torch.nn.Module class")
-        cls = kind
-        entry = _Entry(adapter, lambda m, cls=cls: isinstance(m, cls))
-        entry.cls = cls
+        entry = _Entry(adapter, lambda m, cls=kind: isinstance(m, cls), kind)
     elif callable(kind):
         entry = _Entry(adapter, kind)
-        entry.cls = None
     else:
         raise ConfigError("register_site: give a module class or a predicate (module -> bool)")
     if first:
@@ -133,8 +127,7 @@ def adapter_for(module: nn.Module) -> SiteAdapter | None:
     mro = type(module).__mro__
 
     def rank(e):
-        cls = getattr(e, "cls", None)
-        return mro.index(cls) if cls in mro else 0       # a predicate ranks as the module's own class
+        return mro.index(e.cls) if e.cls in mro else 0   # a predicate ranks as the module's own class
     return min(hits, key=rank).adapter
 
 

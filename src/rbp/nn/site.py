@@ -39,6 +39,8 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
+from ..channel.backward import functorch_active
+
 
 class SiteInterface(abc.ABC):
     """What the learning channel needs of a weight matrix (see the module docstring).
@@ -129,6 +131,14 @@ class SiteInterface(abc.ABC):
         """The weight as an (out, in) matrix, for products of forward matrices (congruent SRBP, diagnostics)."""
         return weight
 
+    _lazy_feedback = None            # a feedback tensor drawn at the first pass that needs it (rbp.convert)
+
+    def materialize(self, x):
+        """Draw a lazily sized feedback tensor from the first input this site sees."""
+        if self._lazy_feedback is not None and self._lazy_feedback.wanted(x):
+            make, self._lazy_feedback = self._lazy_feedback, None
+            self.set_feedback(*make(self, x))
+
     def site_call(self, x, weight, bias, feedback):
         """Run the forward map with the learning channel as its backward (:class:`SiteFunction`)."""
         if not torch.is_grad_enabled():
@@ -136,16 +146,8 @@ class SiteInterface(abc.ABC):
         pas = self.channel.current_pass()
         # Under torch.func transforms the graph of wrapped tensors cannot be walked: the pass then takes
         # the last site to run as the output layer, as the fused driver does (docs/layers.md).
-        position = pas.enter(self, None if _functorch_active() else x)
+        position = pas.enter(self, None if functorch_active() else x)
         return SiteFunction.apply(x, weight, bias, feedback, self, pas, position)
-
-
-def _functorch_active() -> bool:
-    """Whether a torch.func transform (grad, vjp, vmap) is running."""
-    try:
-        return torch._C._functorch.peek_interpreter_stack() is not None
-    except AttributeError:     # pragma: no cover - older torch
-        return False
 
 
 class SiteFunction(torch.autograd.Function):
@@ -230,7 +232,6 @@ class ModuleView(SiteInterface):
 
     ensemble = None
     weight_name = bias_name = feedback_name = None
-    _lazy_feedback = None
 
     @property
     def owner(self) -> nn.Module:
@@ -273,12 +274,6 @@ class ModuleView(SiteInterface):
             raise RuntimeError(f"a {self.kind} site holds no buffer {name!r}")
         self.owner.register_buffer(self.feedback_name.replace("feedback", "backward_weight"), tensor)
 
-    def materialize(self, x):
-        """Draw a lazily sized feedback tensor from the first input this site sees."""
-        if self._lazy_feedback is not None and self._lazy_feedback.wanted(x):
-            make, self._lazy_feedback = self._lazy_feedback, None
-            self.set_feedback(*make(self, x))
-
     def __repr__(self):
         return f"{type(self).__name__}({self.weight_name})"
 
@@ -298,12 +293,6 @@ class Site(nn.Module, SiteInterface):
     def set_feedback(self, tensor: torch.Tensor | None, adaptive: bool):
         """Install this layer's learning-channel tensor (as state of the model)."""
         install(self, "feedback", tensor, adaptive)
-
-    def _materialize_feedback(self, x):
-        """Draw a lazily sized feedback tensor from the first input this site sees."""
-        make, self._lazy_feedback = self._lazy_feedback, None
-        tensor, adaptive = make(self, x)
-        self.set_feedback(tensor, adaptive)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -329,8 +318,7 @@ class Site(nn.Module, SiteInterface):
         self.__dict__["_rbp_ran"] = True         # (a subclass's own forward reached the site: rbp.nn.site.shim)
         if self.channel is None:  # not converted: plain backprop
             return self.affine(x, self.weight, self.bias)
-        if self._lazy_feedback is not None and self._lazy_feedback.wanted(x):
-            self._materialize_feedback(x)
+        self.materialize(x)
         # a feedback tensor still to be drawn (its placeholder) takes no part in the pass
         return self.site_call(x, self.weight, self.bias, None if self._lazy_feedback is not None else self.feedback)
 
