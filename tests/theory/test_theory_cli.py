@@ -157,3 +157,15 @@ def test_module_entry_point_turns_errors_into_exit_2(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "depth" in err
     assert main(["chain", "--depth", "2", "--json"]) == 0
+
+
+def test_sweep_append_refuses_a_file_drawn_with_the_old_teacher(tmp_path, capsys):
+    # a sweep file written before the teacher carried 1/sqrt(p) has records without 'target_form'
+    old = {"protocol": "authors", "activation": "tanh", "target": "teacher",
+           "records": [{"width": 20, "lam": 0.0, "target": "teacher"}], "loss_curves": []}
+    (tmp_path / "sweep_tanh.json").write_text(json.dumps(old))
+    rc = main(["sweep", "--activation", "tanh", "--widths", "20", "--runs", "1", "--lams", "0",
+               "--steps", "3", "--out", str(tmp_path), "--append"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "no 1/sqrt(p)" in err and "without --append" in err and "Traceback" not in err
+    assert json.loads((tmp_path / "sweep_tanh.json").read_text()) == old

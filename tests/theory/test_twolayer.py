@@ -124,7 +124,7 @@ def test_each_run_is_reproducible_from_seed_and_run_index_and_groups_do_not_matt
     assert alone.run_steps[0] == whole.run_steps[3]
     assert alone.alignment[0] == pytest.approx(whole.alignment[3], abs=1e-12)
     other = train_two_layer(runs=1, first_run=3, **{**kw, "seed": 3})
-    assert other.alignment[0] != pytest.approx(whole.alignment[3], abs=1e-3)
+    assert other.alignment[0] != pytest.approx(whole.alignment[3], abs=1e-8)   # another seed, other draws
 
 
 def test_stop_rule_checks():
@@ -195,7 +195,7 @@ def test_authors_protocol_defaults():
     assert s["protocol"] == "authors" and s["eta"] == 0.1 and s["target"] == "teacher"
     assert s["rule_min_steps"] == authors_min_steps(30) and s["rule_check_every"] == 1000
     assert train_two_layer(activation_name="linear", width=30, n=6, d=9, steps=3).summary()["target"] == "linear"
-    # data: x ~ N(0, I_d); the teacher has the student's width and activation, N(0,1) weights, no 1/sqrt(p)
+    # data: x ~ N(0, I_d); the teacher has the student's width and activation, N(0,1) weights and 1/sqrt(p)
     X, y, W, beta, b = draw_run(pr, "sigmoid", 400, 200, 150, target="teacher", seed=0, run=0)
     assert X.std().item() == pytest.approx(1.0, abs=0.01) and W.shape == (400, 150)
     assert W.std().item() == pytest.approx(1.0, abs=0.01) and beta.shape == b.shape == (400,)
@@ -203,7 +203,7 @@ def test_authors_protocol_defaults():
     X2 = torch.randn(200, 150, generator=g, dtype=torch.float64)
     U = torch.randn(400, 150, generator=g, dtype=torch.float64)
     v = torch.randn(400, generator=g, dtype=torch.float64)
-    assert torch.equal(X2, X) and torch.allclose(y, torch.sigmoid(X @ U.T) @ v)
+    assert torch.equal(X2, X) and torch.allclose(y, torch.sigmoid(X @ U.T) @ v / 20.0)
     Xn = draw_run(PROTOCOLS["normalised"], "relu", 10, 200, 150, target="linear", seed=0, run=0)[0]
     assert Xn.std().item() == pytest.approx(150 ** -0.5, rel=0.02)
 
@@ -244,3 +244,19 @@ def test_bad_configuration_is_a_config_error(kw):
     base.update(kw)
     with pytest.raises(ConfigError):
         train_two_layer(**base)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
+def test_authors_teacher_targets_keep_their_scale_as_the_width_grows(act):
+    # The authors' teacher is psi(X U^T) v / sqrt(p): its targets' RMS does not depend on p.  Without
+    # the 1/sqrt(p) it would grow as sqrt(p) (8x between these widths).
+    pr = PROTOCOLS["authors"]
+    rms = {}
+    for p in (200, 12800):
+        ys = [draw_run(pr, act, p, 50, 150, target="teacher", seed=0, run=r)[1] for r in range(8)]
+        rms[p] = torch.stack(ys).pow(2).mean().sqrt().item()
+    assert rms[12800] / rms[200] == pytest.approx(1.0, abs=0.35)
+    # the scale is the unit's own: E psi(z)^2 with z ~ N(0, d) (x ~ N(0, I_d), U ~ N(0, 1))
+    z = torch.randn(400_000, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 150 ** 0.5
+    psi = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[act]
+    assert rms[12800] == pytest.approx(psi(z).pow(2).mean().sqrt().item(), rel=0.35)

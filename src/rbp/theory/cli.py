@@ -251,9 +251,9 @@ def _write_atomic(path: Path, text: str):
 
 
 def _sweep_tag(protocol: str, activation: str, target: str | None) -> str:
-    from .twolayer import PROTOCOLS
+    from .twolayer import PROTOCOLS, default_target
 
-    default = "teacher" if (PROTOCOLS[protocol].teacher == "same" and activation != "linear") else "linear"
+    default = default_target(PROTOCOLS[protocol], activation)
     tag = activation if (target or default) == default else f"{activation}_{target}"
     return tag if protocol == "authors" else f"{tag}_{protocol}"
 
@@ -311,6 +311,13 @@ def _cmd_sweep(args) -> int:
         if args.append and data.is_file():
             saved = _load_sweep(data)
             records, curves = saved["records"], saved["loss_curves"]
+            from .twolayer import default_target, target_form
+            form = target_form(proto, args.target or default_target(proto, args.activation))
+            old = {r.get("target_form", "psi(X U^T) v, no 1/sqrt(p)" if r.get("target") == "teacher"
+                         and saved.get("protocol") == "authors" else form) for r in records}
+            if old - {form}:
+                raise ConfigError(f"{data} holds points whose targets were drawn as {sorted(old - {form})[0]}, "
+                                  f"not {form}; sweep without --append to start the file again")
         if args.runs is None:
             args.runs = proto.runs
         lams = args.lams if args.lams is not None else list(proto.lams[args.activation])

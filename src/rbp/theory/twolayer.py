@@ -21,7 +21,8 @@ Two protocols (``docs/theory.md`` compares them):
 
 * ``"authors"`` (the default) follows the authors' published simulations:
   ``x ~ N(0, I_d)``, targets from ``y = X theta`` (linear units) or from a random
-  two-layer teacher of the same width and activation without ``1/sqrt(p)``;
+  two-layer teacher of the same width and activation, ``psi(X U^T) v / sqrt(p)``
+  with N(0, 1) weights (the student's own form, so the targets' scale does not grow with ``p``);
   mean squared error; a fixed step per activation; at least
   ``5000 sqrt(p/200)`` steps, then on until the loss changes by less than
   0.001 between two checks 1000 steps apart.
@@ -85,7 +86,7 @@ class Protocol:
 
     name: str
     input_scale: str           # "unit": x ~ N(0, I_d); "sphere": x ~ N(0, I_d / d)
-    teacher: str               # "same": width-p teacher of the same activation, unscaled;
+    teacher: str               # "same": width-p teacher of the same activation, with 1/sqrt(p);
                                # "relu5": 5 ReLU units, rescaled to unit RMS
     loss: str                  # "mse": (1/n) sum e^2; "half_sse": 1/2 sum e^2
     step: dict | None          # fixed step per activation, or None: kernel-scaled step
@@ -113,6 +114,22 @@ PROTOCOLS = {
         change_tol=0.0, loss_tol=1e-18,
         lams={a: (0.0, 0.01, 0.1) for a in ACTIVATIONS}, runs=5),
 }
+
+# How each kind of target is drawn (recorded with every result, so that results drawn by an older
+# form are recognised: before 2026-12-07 the "same" teacher had no 1/sqrt(p)).
+TARGET_FORMS = {"linear": "X theta", "same": "psi(X U^T) v / sqrt(p)", "relu5": "relu(X U^T) v / sqrt(5), unit RMS"}
+
+
+def default_target(protocol: Protocol, activation_name: str) -> str:
+    """The target a run draws when none is named: the width-p teacher for nonlinear units of the
+    authors' protocol, else the linear target."""
+    return "teacher" if (protocol.teacher == "same" and activation_name != "linear") else "linear"
+
+
+def target_form(protocol: Protocol, target: str) -> str:
+    """The formula of ``target`` under ``protocol`` (:data:`TARGET_FORMS`)."""
+    return TARGET_FORMS["linear" if target == "linear" else protocol.teacher]
+
 
 # Largest size of the (runs x n x p) tensors of one group of runs trained together.
 CHUNK_BYTES = 2 << 20
@@ -205,7 +222,7 @@ def draw_run(protocol: Protocol, activation_name: str, width: int, n: int, d: in
         psi, _ = activation(activation_name)
         U = torch.randn(width, d, generator=g, dtype=f64)
         v = torch.randn(width, generator=g, dtype=f64)
-        y = psi(X @ U.T) @ v
+        y = psi(X @ U.T) @ v / math.sqrt(width)     # the authors' TwoLayerNetwork.forward carries 1/sqrt(p)
     elif target == "teacher":
         U = torch.randn(5, d, generator=g, dtype=f64)
         v = torch.randn(5, generator=g, dtype=f64)
@@ -509,7 +526,7 @@ def train_two_layer(
     if track == "linear" and activation_name != "linear":
         raise ConfigError("track='linear' needs linear units")
     if target is None:
-        target = "teacher" if (proto.teacher == "same" and activation_name != "linear") else "linear"
+        target = default_target(proto, activation_name)
     if target not in ("linear", "teacher"):
         raise ConfigError(f"unknown target {target!r}: use linear or teacher")
     rule = StopRule(
@@ -571,7 +588,8 @@ def train_two_layer(
         record_steps=rec, eta=etas, seconds=seconds,
         config={"protocol": protocol, "activation": activation_name, "width": width, "lam": lam,
                 "runs": runs, "first_run": first_run, "n": n, "d": d, "algorithm": algorithm,
-                "target": target, "seed": seed, "dtype": dtype, "loss": proto.loss,
+                "target": target, "target_form": target_form(proto, target), "seed": seed, "dtype": dtype,
+                "loss": proto.loss,
                 **{f"rule_{k}": v for k, v in asdict(rule).items()}},
     )
 
