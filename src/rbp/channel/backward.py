@@ -261,16 +261,42 @@ def feedback_matrix(site, weight, fbk, probe: bool = False):
     # so the probe measures the matrix that the next step would use
     if spec.refreshed and not (probe and spec.resampled):
         with torch.no_grad():
+            functorch = functorch_active()   # torch.func may not mutate a captured tensor: a new matrix then
             if spec.kind == "sign-fixed":          # frSF: fixed magnitudes, current signs
-                new = fb.follow_signs(fbk, weight)
-            else:
-                new = _resample(site, spec, weight, fbk)
-                if alg.feedback_scale != 1.0:
-                    new.mul_(alg.feedback_scale)
-            if functorch_active():  # torch.func may not mutate a captured tensor: use the new matrix as it is
+                return fb.follow_signs(fbk, weight) if functorch else fb.follow_signs_(fbk, weight)
+            if spec.kind == "sign-uniform":        # uSF: one magnitude, current signs
+                magnitude = _uniform_magnitude(site, spec, fbk)
+                if functorch:
+                    return torch.copysign(magnitude.expand(fbk.shape), weight.to(fbk.dtype))
+                return torch.copysign(magnitude.expand(fbk.shape), weight.to(fbk.dtype), out=fbk)
+            new = _resample(site, spec, weight, fbk)
+            if alg.feedback_scale != 1.0:
+                new.mul_(alg.feedback_scale)
+            if functorch:
                 return new
             fbk.copy_(new)
     return fbk
+
+
+_MAGNITUDES: dict = {}
+
+
+def _uniform_magnitude(site, spec, fbk) -> torch.Tensor:
+    """uSF's one magnitude for this site's feedback (0-dim): the site's own draw of sign-uniform
+    feedback, times ``feedback_scale``, computed once per shape (the draw uses no random numbers)."""
+    shape = tuple(fbk.shape[1:] if site.ensemble else fbk.shape)
+    chained = route_of(site.algorithm).chained
+    scale = site.algorithm.feedback_scale
+    key = (type(site), shape, chained, scale, fbk.dtype, fbk.device)
+    m = _MAGNITUDES.get(key)
+    if m is None:
+        one = torch.ones(shape, dtype=fbk.dtype, device=fbk.device)
+        m = site.sample_feedback(spec, shape, chained=chained, generator=None, forward_sign=one,
+                                 dtype=fbk.dtype, device=fbk.device).reshape(-1)[:1].clone()
+        if scale != 1.0:
+            m.mul_(scale)
+        m = _MAGNITUDES[key] = m.reshape(())
+    return m
 
 
 def functorch_active() -> bool:
@@ -347,16 +373,14 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
     gW = gb = gF = J = None
     if need_w or need_b or (need_f and route.adapts_from_update):
         gW, gb = route.weight_update(site, g, x, top, scale, pas, fbk)
+    lam = alg.weight_decay      # one decay for the forward weights and the adaptive feedback (Kolen-Pollack)
     if need_f:
-        gF = route.adaptation(site, src, g, x, gW)
-    if alg.weight_decay:   # one decay for the forward weights and the adaptive feedback (Kolen-Pollack)
-        lam = alg.weight_decay
+        gF = route.adaptation(site, src, g, x, gW, fbk, lam)
+    if lam:
         if need_w and gW is not None and not getattr(site, "rbp_shares_weight", False):   # a tied weight: once
-            gW = gW + lam * weight
+            gW = torch.add(gW, weight, alpha=lam)
         if need_b and gb is not None:
-            gb = gb + lam * site.bias
-        if gF is not None:
-            gF = gF + lam * fbk
+            gb = torch.add(gb, site.bias, alpha=lam)
     if need_x and route.carries:
         J = route.signal(site, pas, src, g, x, weight, fbk)
         J = backward_units(alg, J, scale)

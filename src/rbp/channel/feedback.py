@@ -117,15 +117,24 @@ def glorot_std(shape) -> float:
 
 
 def forward_signs(weight: torch.Tensor, dtype=None) -> torch.Tensor:
-    """sign(W) with zeros counted as +1 (a sign-concordant matrix has no zero entries)."""
-    sign = torch.sign(weight).to(dtype or weight.dtype)
-    sign[sign == 0] = 1.0
-    return sign
+    """sign(W) with a zero counted as +1 (a sign-concordant matrix has no zero entries).
+
+    The sign is W's sign bit (``torch.copysign``), so -0.0 counts as -1: one pass over W, the
+    same pass :func:`follow_signs_` makes every minibatch.  (SGD cannot make a -0.0 from a
+    nonzero weight; it arises only where a zero is negated.)
+    """
+    dtype = dtype or weight.dtype
+    return torch.ones(weight.shape, dtype=dtype, device=weight.device).copysign_(weight.to(dtype))
 
 
 def follow_signs(fbk: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """frSF's step: the fixed magnitudes |B| with the current signs of W (same shape)."""
-    return fbk.abs().mul_(forward_signs(weight, fbk.dtype))
+    """frSF's step: the fixed magnitudes |B| with the current signs of W (same shape), as a new tensor."""
+    return torch.copysign(fbk, weight.to(fbk.dtype))
+
+
+def follow_signs_(fbk: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """In place: every entry of ``fbk`` keeps its magnitude and takes the sign of W (one pass, no copy)."""
+    return fbk.copysign_(weight if weight.dtype == fbk.dtype else weight.to(fbk.dtype))
 
 
 def sample(spec: FeedbackSpec, shape, *, chained: bool, generator: torch.Generator | None = None,
@@ -153,10 +162,10 @@ def sample(spec: FeedbackSpec, shape, *, chained: bool, generator: torch.Generat
     if kind in ("congruent", "sign-concordant", "sign-fixed", "sign-uniform"):
         if forward_sign is None:
             raise ConfigError(f"feedback {kind!r} needs the forward weights it mirrors")
+        sign = forward_sign if forward_sign.dtype == dtype else forward_sign.to(dtype)
         if kind == "sign-uniform":
-            return forward_signs(forward_sign, dtype).mul_(std)
-        mag = torch.randn(shape, **kw).abs_().mul_(std)
-        return mag.mul_(forward_signs(forward_sign, dtype))
+            return torch.full(shape, std, dtype=dtype, device=device).copysign_(sign)
+        return torch.randn(shape, **kw).mul_(std).copysign_(sign)       # |N(0, std^2)| with W's signs
     if kind == "sparse":
         n = spec.sparsity
         fan_out = shape[-1]

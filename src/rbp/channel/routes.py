@@ -99,9 +99,16 @@ class Route:
         from .backward import weight_update
         return weight_update(site, g, x, top, scale, rows=pas.rows)
 
-    def adaptation(self, site, src, g, x, gW):
-        """dLoss/dB of adaptive feedback, before the shared weight decay."""
-        return gW * self.alg.adapt_rate
+    def adaptation(self, site, src, g, x, gW, fbk=None, decay: float = 0.0):
+        """dLoss/dB of adaptive feedback, with the shared weight decay ``decay`` x B added (a new tensor).
+
+        On the chained route this is rate x the forward update; at Kolen-Pollack's rate 1
+        the decayed gradient dW + lambda B is one pass over the weights.
+        """
+        rate = self.alg.adapt_rate
+        if rate == 1.0:
+            return torch.add(gW, fbk, alpha=decay) if decay else gW.clone()
+        return _decayed(gW * rate, fbk, decay)
 
     def signal(self, site, pas, src, g, x, weight, fbk):
         """The signal J^{h-1} this site sends to its input, before the channel's units and operators."""
@@ -138,6 +145,11 @@ class Route:
         return chain, chain
 
 
+def _decayed(gF, fbk, decay):
+    """gF + decay x B, in place on the adaptation's own new tensor."""
+    return gF.add_(fbk, alpha=decay) if decay else gF
+
+
 class Chain(Route):
     """B^{h+1} applied to the signal of layer h+1 after its derivative: BP, RBP, ARBP, KP, WM, sign symmetry."""
 
@@ -162,8 +174,8 @@ class Product(Chain):
         # what this site's (twin) unit emits: before f'
         return g if top else pas.through_structure(position, pas.signals.pop(position))
 
-    def adaptation(self, site, src, g, x, gW):
-        return site.grad_weight(src, x).mul_(self.alg.adapt_rate)
+    def adaptation(self, site, src, g, x, gW, fbk=None, decay=0.0):
+        return _decayed(site.grad_weight(src, x).mul_(self.alg.adapt_rate), fbk, decay)
 
     def signal(self, site, pas, src, g, x, weight, fbk):
         from .backward import feedback_matrix
@@ -219,8 +231,8 @@ class Skip(Route):
     def source(self, site, pas, position, g, top, scale):
         return pas.error
 
-    def adaptation(self, site, src, g, x, gW):
-        return site.grad_skip(src, x).mul_(self.alg.adapt_rate)
+    def adaptation(self, site, src, g, x, gW, fbk=None, decay=0.0):
+        return _decayed(site.grad_skip(src, x).mul_(self.alg.adapt_rate), fbk, decay)
 
     def signal(self, site, pas, src, g, x, weight, fbk):
         return site.skip(src, fbk, x)
