@@ -278,7 +278,7 @@ def test_killed_run_resumes_and_every_run_is_stored_once(tmp_path):
     stdout, stderr = p.communicate(timeout=300)
     assert p.returncode == 0, stderr
     summary = json.loads(stdout.strip().splitlines()[-1])
-    assert summary["trained"] == 12 - len(before) and summary["skipped"] == len(before)
+    assert summary["trained"] == 12 - len(before) and summary["skipped"] == len(before), (summary, before)
 
     names = sorted(f.name for f in runs.iterdir() if not f.name.startswith("."))
     ids = ["bp", "rbp", "srbp-sparse", "srbp-qupd", "rbp-nod", "top"]

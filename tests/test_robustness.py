@@ -344,12 +344,18 @@ def test_two_sweeps_writing_one_store_at_once(tmp_path):
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
              for _ in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
+    summaries = []
     for p, (stdout, stderr) in zip(procs, results):
         assert p.returncode == 0, stderr
         s = json.loads(stdout.strip().splitlines()[-1])
-        assert s["trained"] + s["skipped"] == 6
+        assert s["trained"] + s["skipped"] + len(s["claimed_elsewhere"]) == 6
+        summaries.append(s)
+    # the runs are claimed: between them the two processes trained each run once
+    assert sum(s["trained"] for s in summaries) == 6
+    assert not (out / "claims").exists() or not list((out / "claims").iterdir())    # every claim released
     runs = out / "runs"
     assert sorted(f.name for f in runs.iterdir()) == ALL            # every run once, no temporary left
+    assert not list((out / "checkpoints").glob("*"))                # and no checkpoint of a stored run
     docs, problems = Store(out).load()
     assert problems == [] and len(docs) == 6
     keys = [(r["config"], r["seed"], r["epoch"]) for r in load_rows(out)]

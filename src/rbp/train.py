@@ -422,6 +422,31 @@ class Trainer:
     def evaluate(self):
         return evaluate(self.stepper, self.x_test, self.y_test, self.K)
 
+    def state_dict(self) -> dict:
+        """Everything the next epoch depends on: the model (weights, feedback, every buffer of the
+        channel), the optimizer (momentum, the update count that sets the learning rate), the state
+        of every random stream (each network's data stream, the channel's noise streams, torch's
+        global generator), as tensors and plain values (``torch.load(..., weights_only=True)`` reads it).
+        """
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "data_streams": [g.get_state() for g in self.data_gens],
+                "noise_streams": self.channel.noise.state_dict(),
+                "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict):
+        """Continue from :meth:`state_dict` (taken from a Trainer built from the same spec and seeds)."""
+        if len(state["data_streams"]) != len(self.data_gens):
+            raise ConfigError(f"the checkpoint holds {len(state['data_streams'])} networks, this group "
+                              f"{len(self.data_gens)}")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        for g, st in zip(self.data_gens, state["data_streams"]):
+            g.set_state(st)
+        self.channel.noise.load_state_dict(state["noise_streams"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.stepper.fused is not None:          # the fused driver keeps its own view of the weights
+            self.stepper = _Stepper(self.model, self.spec.driver)
+
     def alignment(self):
         if self.probe_batch is None:
             return [{} for _ in self.seeds]
@@ -434,8 +459,16 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
                 on_step: Callable[[int], None] | None = None,
                 on_epoch: Callable[[list[EpochRecord]], None] | None = None,
                 probe_size: int = 1000, member_specs: Sequence[TrainSpec] | None = None,
-                callbacks=None, runs: Sequence[dict] | None = None):
+                callbacks=None, runs: Sequence[dict] | None = None, checkpoint=None):
     """Train one network per seed, all together; returns (model, list of histories per seed).
+
+    ``checkpoint`` makes the group resumable: an object with ``load()``, which gives
+    ``(state, histories)`` saved by an earlier process (or None), and
+    ``save(state, histories)``, called at the end of every epoch with
+    :meth:`Trainer.state_dict` and the histories so far (as lists of flat dicts).  A
+    group resumed from epoch n continues exactly as if it had never stopped: the
+    same weights, histories and random streams, bit for bit (on the same machine
+    and thread count).  Callbacks hear of the epochs trained in this call only.
 
     ``callbacks`` (:mod:`rbp.callbacks`) hear of every network's start, epochs and
     end; ``runs`` (one dict per seed) names the networks for them (key ``"run"``,
@@ -455,6 +488,13 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
     """
     tr = Trainer(spec, seeds, dataset, probe_size, member_specs)
     histories: list[list[EpochRecord]] = [[] for _ in tr.seeds]
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        state, rows = saved
+        if len(rows) != len(tr.seeds) or len({len(h) for h in rows}) != 1:
+            raise ConfigError("the checkpoint's histories do not match this group")
+        tr.load_state_dict(state)
+        histories = [[EpochRecord.from_dict(r) for r in h] for h in rows]
     notify = None
     if callbacks:
         from .callbacks import Notifier, run_info
@@ -464,9 +504,10 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
             raise ConfigError(f"{len(extra)} run descriptions for {len(tr.seeds)} seeds")
         notify = Notifier(callbacks, [run_info(sp, s, tr.seeds, **e) for sp, s, e in zip(specs, tr.seeds, extra)])
         notify.begin()
-    diverged = [False] * len(tr.seeds)
-    settling = Settling(tr.model) if probe_size else None
-    for epoch in range(1, spec.epochs + 1):
+    diverged = [bool(h and h[-1].diverged) for h in histories]
+    settling = Settling(tr.model) if probe_size else None     # (the weights at the end of the last epoch)
+    start = len(histories[0]) + 1
+    for epoch in range(start, spec.epochs + 1 if not all(diverged) else start):
         t0 = time.perf_counter()
         tl, tc = tr.train_epoch(on_step)
         test_loss, test_acc = tr.evaluate()
@@ -487,6 +528,8 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
             on_epoch(records)
         if notify:
             notify.epoch(records)
+        if checkpoint is not None:
+            checkpoint.save(tr.state_dict(), [[r.as_dict() for r in h] for h in histories])
         if all(diverged):
             break
     if notify:

@@ -55,6 +55,21 @@ class Noise:
             self._gens[key] = [generator(s, "noise", device) for s in self.seeds]
         return self._gens[key]
 
+    def state_dict(self) -> dict:
+        """The state of every generator made so far, per device (seedless members: None)."""
+        return {dev: [None if g is None else g.get_state() for g in gens] for dev, gens in self._gens.items()}
+
+    def load_state_dict(self, state: dict):
+        """Continue every stream from :meth:`state_dict`; streams not yet made then are made fresh later."""
+        self._gens = {}
+        for dev, states in state.items():
+            gens = self.generators(dev)
+            if len(states) != len(gens):
+                raise ValueError(f"noise state for {len(states)} members, this network has {len(gens)}")
+            for g, st in zip(gens, states):
+                if g is not None and st is not None:
+                    g.set_state(st)
+
     def per_member(self, fn, device):
         """Call ``fn(generator)`` once per member; stack the results for an ensemble."""
         gens = self.generators(device)

@@ -24,6 +24,15 @@ def register(sub):
                         "their initial state, train as batched ensembles sized to memory)")
     r.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's choice; 1 is often faster on a busy machine)")
+    r.add_argument("--configs", default=None, metavar="ID,...",
+                   help="run only these configurations (ids or globs such as 'baseline-*'); the others' "
+                        "stored runs are left as they are")
+    r.add_argument("--extend", action="store_true",
+                   help="continue runs stored with fewer epochs than --epochs (from their checkpoint when "
+                        "kept, else from the start); without it such a store is refused")
+    r.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep each run's last checkpoint when it is stored (so it can be extended later; "
+                        "about the size of the model and optimizer state per run)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-configuration lines")
     r.add_argument("--report", action="store_true", help="write the report when the runs are done")
     r.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
@@ -89,7 +98,8 @@ def _cmd_run(args) -> int:
         summary = run(exp, out, epochs=args.epochs, seeds=args.seeds, device=args.device, data_dir=args.data_dir,
                       progress=not args.quiet, threads=args.threads, executor=args.executor,
                       scheduler=args.scheduler, workers=args.workers, seeds_per_task=args.seeds_per_task,
-                      ensemble=not args.no_ensemble, callbacks=logger)
+                      ensemble=not args.no_ensemble, callbacks=logger, extend=args.extend,
+                      keep_checkpoints=args.keep_checkpoints, configs=args.configs)
     finally:
         if logger is not None:
             logger.close()
@@ -110,6 +120,8 @@ def _cmd_run(args) -> int:
               f"seeds, {summary['epochs']} epochs): {summary['trained']} trained, {summary['skipped']} already "
               f"stored" + (f", {n_failed} failed" if n_failed else "")
               + (f", {len(summary['diverged'])} diverged" if summary.get("diverged") else "")
+              + (f", {len(summary['claimed_elsewhere'])} left to another process"
+                 if summary.get("claimed_elsewhere") else "")
               + f", {summary['seconds']:.1f} s; results in {out}"
               + (f", report {summary['report']}" if args.report else f" (`rbp report {out}` writes the report)"))
     return 1 if failed else 0

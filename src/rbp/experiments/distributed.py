@@ -68,11 +68,15 @@ def _dataset(name, data_dir):
 
 
 def train_task(source: str, source_name: str, config_id: str, seeds: list, epochs: int, device: str,
-               data_dir, threads) -> dict:
+               data_dir, threads, checkpoints: dict | None = None, queue: str | None = None) -> dict:
     """What a worker runs: train ``seeds`` of one configuration; returns plain data.
 
     ``{"ok": True, "config", "seeds", "results": [{"seed", "ensemble", "history"}], "provenance"}``,
     or ``{"ok": False, "config", "seeds", "error"}`` for a deterministic failure.
+
+    ``checkpoints`` (name -> bytes) are the store's checkpoints of these runs, to resume
+    from; with ``queue`` (the name of a Dask queue) every epoch's checkpoint is put on
+    it as ``{"name", "data"}`` for the client to write into the store.
     """
     from .experiment import parse
     from .runner import train_seeds
@@ -87,13 +91,22 @@ def train_task(source: str, source_name: str, config_id: str, seeds: list, epoch
         ds = _dataset(exp.dataset, data_dir)
         results = []
         t0 = time.perf_counter()
-        for chunk, histories in train_seeds(spec, list(seeds), ds):
+        sink = None
+        resumed = []
+        if queue is not None:
+            from distributed import Queue
+            q = Queue(queue)
+
+            def sink(name, data):
+                q.put({"name": name, "data": data})
+        for chunk, histories in train_seeds(spec, list(seeds), ds, config_id=config_id, checkpoints=checkpoints,
+                                            sink=sink, log=resumed.append):
             for seed, h in zip(chunk, histories):
                 results.append({"seed": int(seed), "ensemble": list(chunk), "history": [r.as_dict() for r in h]})
         prov = run_provenance(ds.checksums)
         prov["worker_pid"] = os.getpid()
         return {"ok": True, "config": config_id, "seeds": list(seeds), "results": results, "provenance": prov,
-                "seconds": time.perf_counter() - t0}
+                "seconds": time.perf_counter() - t0, "notes": resumed}
     except RBPError as e:
         return {"ok": False, "config": config_id, "seeds": list(seeds), "error": f"{type(e).__name__}: {e}"}
 
@@ -112,16 +125,27 @@ def tasks_of(todo, seeds_per_task=None):
 
 def run_on_dask(exp, store, todo, summary, scheduler=None, workers=None, seeds_per_task=None, device="cpu",
                 data_dir=None, threads=None, retries=2, progress=True, log=None, timeout=None,
-                callbacks=None) -> dict:
-    """Run the missing runs of ``todo`` on a Dask cluster and write them into ``store`` (here)."""
+                callbacks=None, notes=None, keep_checkpoints: bool = False) -> dict:
+    """Run the missing runs of ``todo`` on a Dask cluster and write them into ``store`` (here).
+
+    The client claims every run before it submits it (runs another process holds are
+    left to it), writes the workers' per-epoch checkpoints into the store as they
+    arrive (a Dask queue), and sends each task the checkpoints of its runs to
+    resume from.
+    """
     distributed = _import_dask()
+    explicit = log is not None
     if log is None:
         log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
+    say = log if (explicit or progress) else (lambda line: print(f"rbp: {line}", file=sys.stderr, flush=True))
+    summary["notes"] = list(notes or [])
+    for note in summary["notes"]:
+        say(note)
     t_start = time.perf_counter()
     import dask
     with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ(dask)}):
         return _run(distributed, exp, store, todo, summary, scheduler, workers, seeds_per_task, device, data_dir,
-                    threads, retries, log, timeout, t_start, callbacks)
+                    threads, retries, log, timeout, t_start, callbacks, say, keep_checkpoints)
 
 
 def _worker_environ(dask) -> dict:
@@ -137,7 +161,7 @@ def _worker_environ(dask) -> dict:
 
 
 def _run(distributed, exp, store, todo, summary, scheduler, workers, seeds_per_task, device, data_dir, threads,
-         retries, log, timeout, t_start, callbacks=None):
+         retries, log, timeout, t_start, callbacks=None, say=None, keep_checkpoints=False):
     cluster = None
     try:
         if scheduler is None:
@@ -155,8 +179,11 @@ def _run(distributed, exp, store, todo, summary, scheduler, workers, seeds_per_t
             store.bind(exp)
             log(f"{exp.name}: dask scheduler {address}, "
                 f"{len(client.scheduler_info().get('workers', {}))} worker(s) now")
-            _submit_and_collect(client, distributed, exp, store, todo, summary, seeds_per_task, device,
-                                data_dir, threads, retries, log, t_start, timeout, callbacks)
+            from .store import Claims
+            with Claims(store) as claims:
+                _submit_and_collect(client, distributed, exp, store, todo, summary, seeds_per_task, device,
+                                    data_dir, threads, retries, log, t_start, timeout, callbacks,
+                                    claims=claims, say=say or log, keep_checkpoints=keep_checkpoints)
     finally:
         if cluster is not None:
             import logging
@@ -171,16 +198,113 @@ def _run(distributed, exp, store, todo, summary, scheduler, workers, seeds_per_t
     return summary
 
 
+def _claim(store, claims, todo, summary, say):
+    """``todo`` less the runs stored meanwhile or claimed by another process (those are noted)."""
+    out = []
+    for config, spec, missing in todo:
+        mine = []
+        for seed in missing:
+            holder = claims.take(config.id, seed)
+            if holder is not None:
+                say(f"{config.id} seed {seed}: claimed by {holder}; left to it")
+                summary["claimed_elsewhere"].append({"config": config.id, "seed": seed, "holder": holder})
+            elif store.completed(config, seed, spec):        # stored by another process meanwhile
+                claims.release(config.id, seed)
+                summary["skipped"] += 1
+            else:
+                mine.append(seed)
+        out.append((config, spec, mine))
+    return out
+
+
+class _CheckpointWriter:
+    """Writes the checkpoints the workers put on a Dask queue into the store (a thread in the client)."""
+
+    def __init__(self, distributed, store, name):
+        import threading
+        self.store, self.queue = store, distributed.Queue(name)
+        self.finished: set[str] = set()     # groups whose runs are stored: a late checkpoint is dropped
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="rbp-checkpoints", daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        from .store import atomic_write
+        while True:
+            try:
+                item = self.queue.get()     # blocks; close() puts the item that ends the loop
+            except Exception:               # the client or scheduler is going away
+                return
+            if item is None or self.stop.is_set():
+                return
+            name = str(item["name"])
+            if "/" in name or name.startswith("."):
+                continue
+            with self.lock:
+                if name not in self.finished:
+                    self.store.checkpoints.mkdir(parents=True, exist_ok=True)
+                    atomic_write(self.store.checkpoints / name, item["data"])
+
+    def finish(self, names, keep):
+        with self.lock:
+            self.finished.update(names)
+            if not keep:
+                for name in names:
+                    try:
+                        (self.store.checkpoints / name).unlink()
+                    except FileNotFoundError:
+                        pass
+
+    def close(self):
+        self.stop.set()
+        try:
+            self.queue.put(None)
+        except Exception:       # the cluster is gone: the thread has ended with it
+            pass
+        self.thread.join(timeout=10)
+
+
+def _checkpoints_of(store, config_id, seeds) -> dict:
+    """The store's checkpoints whose members are all among ``seeds`` of ``config_id`` (name -> bytes)."""
+    out = {}
+    for held in store.checkpoints_held():
+        if all(c == config_id and s in seeds for c, s in held["members"]):
+            name = os.path.basename(held["path"])
+            data = store.checkpoint_bytes(name)
+            if data is not None:
+                out[name] = data
+    return out
+
+
 def _submit_and_collect(client, distributed, exp, store, todo, summary, seeds_per_task, device, data_dir,
-                        threads, retries, log, t_start, timeout, callbacks=None):
+                        threads, retries, log, t_start, timeout, callbacks=None, claims=None, say=None,
+                        keep_checkpoints=False):
     from .runner import _seed_text, callback_runs, result_text
+    from .store import checkpoint_name
+    say = say or log
+    if claims is not None:
+        todo = _claim(store, claims, todo, summary, say)
     units = tasks_of(todo, seeds_per_task)
     token = uuid.uuid4().hex[:8]
+    writer = _CheckpointWriter(distributed, store, f"rbp-checkpoints-{token}")
+    try:
+        _collect(client, distributed, exp, store, units, summary, device, data_dir, threads, retries, log, t_start,
+                 timeout, callbacks, claims, say, keep_checkpoints, writer, token, _seed_text, callback_runs,
+                 result_text, checkpoint_name)
+    finally:
+        writer.close()
+
+
+def _collect(client, distributed, exp, store, units, summary, device, data_dir, threads, retries, log, t_start,
+             timeout, callbacks, claims, say, keep_checkpoints, writer, token, _seed_text, callback_runs,
+             result_text, checkpoint_name):
     futures = {}
     for config, spec, seeds in units:
         key = f"rbp-{exp.name}-{config.id}-seeds-{'.'.join(map(str, seeds))}-{token}"
         fut = client.submit(train_task, exp.source, exp.path or f"{exp.name}.toml", config.id, seeds,
-                            spec.epochs, device, data_dir, threads, key=key, retries=retries, pure=False)
+                            spec.epochs, device, data_dir, threads, _checkpoints_of(store, config.id, seeds),
+                            writer.queue.name, key=key, retries=retries, pure=False)
         futures[fut] = (config, spec, seeds)
     done = 0
     for fut in distributed.as_completed(list(futures), timeout=timeout):
@@ -199,6 +323,10 @@ def _submit_and_collect(client, distributed, exp, store, todo, summary, seeds_pe
             summary["failed"].append({"config": config.id, "seeds": list(seeds),
                                       "error": f"the worker returned seeds {sorted(by_seed)}"})
             continue
+        for note in res.get("notes", []):
+            say(note)
+            if ": resumed after epoch " in note:
+                summary["resumed"].append({"note": note})
         for seed in seeds:
             r = by_seed[seed]
             store.write(exp, config, seed, spec, r["history"], ensemble=r["ensemble"],
@@ -206,6 +334,11 @@ def _submit_and_collect(client, distributed, exp, store, todo, summary, seeds_pe
             doc = store.read(config.id, seed)
             if doc is not None and doc.get("diverged"):
                 summary["diverged"].append({"config": config.id, "seed": seed, "epoch": doc.get("diverged_epoch")})
+        writer.finish({checkpoint_name([(config.id, s) for s in r["ensemble"]])
+                       for r in res["results"]}, keep_checkpoints)
+        if claims is not None:
+            for seed in seeds:
+                claims.release(config.id, seed)
         if callbacks:
             _replay(callbacks, exp, config, spec, seeds, by_seed, callback_runs)
         summary["trained"] += len(seeds)
