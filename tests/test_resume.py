@@ -164,6 +164,9 @@ def test_checkpoints_of_stored_runs_are_removed_and_an_ensemble_resumes(tmp_path
     name = checkpoint_name([("rbp-dropout", 0), ("rbp-dropout", 1)])
     assert [f.name for f in (out / "checkpoints").iterdir()] == [name]
     assert not list((out / "claims").glob("*.claim"))                  # released on the way out
+    from rbp.report import write_report
+    write_report(out)
+    assert "rbp-dropout seeds 0,1 at epoch 2 of 3" in (out / "report.md").read_text()
     lines = []
     s = run(exp, out, progress=False, threads=1, log=lines.append)
     assert s["trained"] == 6 and [r["from_epoch"] for r in s["resumed"]] == [2]
@@ -182,7 +185,7 @@ def test_extend_continues_shorter_runs_from_their_kept_checkpoints(tmp_path):
     lines = []
     s = run(_exp(tmp_path, epochs=4), out, progress=False, threads=1, extend=True, log=lines.append)
     assert s["trained"] == 6 and len(s["resumed"]) == 3
-    assert sum("has 2 epochs; it is continued to 4" in l for l in lines) == 6
+    assert sum("has 2 epochs; it is trained on to 4" in l for l in lines) == 6
     run(_exp(tmp_path, epochs=4), fresh, progress=False, threads=1)
     assert _histories(out) == _histories(fresh)
     assert not list((out / "checkpoints").iterdir())

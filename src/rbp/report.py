@@ -371,6 +371,16 @@ def write_report(directory, out=None) -> dict:
                  "from the paper's numbers are expected and the flags are indicative only.\n")
     if missing:
         L.append(f"Not run yet: {', '.join(missing)}.\n")
+    if len(epochs) > 1:
+        L.append(f"The configurations were trained for different numbers of epochs ({epochs}; column "
+                 "*epochs*): compare rows of the same length only.\n")
+    from .experiments.store import Store
+    in_flight = Store(directory).checkpoints_held()
+    if in_flight:
+        L.append("In training (a checkpoint in the store, resumed by `rbp run`): " + "; ".join(
+            f"{'+'.join(sorted({c for c, _ in h['members']}))} seed{'s' if len(h['members']) > 1 else ''} "
+            f"{','.join(str(k) for _, k in h['members'])} at epoch {h['epochs']}"
+            + (f" of {h['of']}" if h.get("of") else "") for h in in_flight) + ".\n")
     L.append("## Final test accuracy\n")
     L.append("Accuracy in %, at the last epoch, mean (sd) over seeds (sd: sample standard deviation). "
              "s/epoch: measured wall time per epoch and network (an ensemble's epoch time divided by its size). "
@@ -379,7 +389,7 @@ def write_report(directory, out=None) -> dict:
         L.append(" *Flag*: **outside** when |ours - paper| > 2 x the paper's sd (its 5 runs), or > 2 x our sd "
                  "where the paper reports a single run; n/a without a tolerance.")
     L.append("\n")
-    head = ["row", "algorithm", "ours: test", "ours: train", "seeds"]
+    head = ["row", "algorithm", "ours: test", "ours: train", "seeds"] + (["epochs"] if len(epochs) > 1 else [])
     if has_table:
         head += ["paper: test", "difference (points)", "flag"]
     head += ["s/epoch", "channel mults"]
@@ -390,7 +400,7 @@ def write_report(directory, out=None) -> dict:
     for s in summaries:
         m, sd = s.test
         cells = [s.meta.get("row") or "", s.label + _diverged_text(s),
-                 _fmt(m, sd), _fmt(*s.train), str(len(s.seeds))]
+                 _fmt(m, sd), _fmt(*s.train), str(len(s.seeds))] + ([str(s.epochs)] if len(epochs) > 1 else [])
         pm, psd = s.meta.get("paper_mean"), s.meta.get("paper_sd")
         f, tol = flag(m, sd, pm, psd)
         if has_table:

@@ -250,7 +250,8 @@ class Store:
         have = doc.get("key") or {}
         diff = [k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
         if extend and diff == ["epochs"] and isinstance(have.get("epochs"), int) and have["epochs"] < want["epochs"]:
-            return "shorter", (f"{path} has {have['epochs']} epochs; it is continued to {want['epochs']}")
+            return "shorter", (f"{path} has {have['epochs']} epochs; it is trained on to {want['epochs']} (from "
+                               "its checkpoint if one was kept, else from epoch 1; the file stays until then)")
         k = diff[0] if diff else "spec"
         hint = ("; --extend continues shorter runs" if diff == ["epochs"] and not extend
                 and isinstance(have.get("epochs"), int) and have["epochs"] < want["epochs"] else "")
