@@ -137,7 +137,14 @@ def test_a_run_killed_mid_epoch_resumes_bitwise_identically(tmp_path):
     assert not list((cut / "claims").glob("*.claim"))                  # the taken-over claim is released
 
 
-def test_checkpoints_of_stored_runs_are_removed_and_an_ensemble_resumes(tmp_path):
+@pytest.fixture
+def every_epoch(monkeypatch):
+    """A checkpoint at the end of every epoch, however short (digits epochs take milliseconds)."""
+    import rbp.train as train_module
+    monkeypatch.setattr(train_module, "CHECKPOINT_COST_FACTOR", 0)
+
+
+def test_checkpoints_of_stored_runs_are_removed_and_an_ensemble_resumes(tmp_path, every_epoch):
     exp = _exp(tmp_path, epochs=3)
     out = tmp_path / "s"
     calls = []
@@ -177,7 +184,7 @@ def test_checkpoints_of_stored_runs_are_removed_and_an_ensemble_resumes(tmp_path
     assert _histories(out) == _histories(fresh)
 
 
-def test_extend_continues_shorter_runs_from_their_kept_checkpoints(tmp_path):
+def test_extend_continues_shorter_runs_from_their_kept_checkpoints(tmp_path, every_epoch):
     out, fresh = tmp_path / "s", tmp_path / "f"
     run(_exp(tmp_path, epochs=2), out, progress=False, threads=1, keep_checkpoints=True)
     with pytest.raises(rbp.ConfigError, match="epochs=2.*--extend continues shorter runs"):
@@ -274,7 +281,7 @@ def _stop_after(n_epochs):
     return Stop, real, epoch
 
 
-def test_dask_resumes_from_the_store_checkpoints_and_respects_claims(tmp_path):
+def test_dask_resumes_from_the_store_checkpoints_and_respects_claims(tmp_path, every_epoch):
     pytest.importorskip("distributed")
     import rbp.train as train_module
     exp = _exp(tmp_path, epochs=3)
@@ -319,3 +326,41 @@ def test_configs_selects_what_runs_and_names_a_typo(tmp_path, capsys):
     assert main(["run", str(exp), "--out", str(out), "--configs", "kpp", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'kpp' matches no configuration" in err[0]
+
+
+def test_short_epochs_checkpoint_every_few_epochs_and_still_resume_exactly(tmp_path):
+    # digits epochs take milliseconds: saving every epoch would cost more than the training, so the
+    # trainer saves every few epochs and always after the last; a resume from any of them is exact
+    import rbp.train as train_module
+    from rbp.train import TrainSpec, train_group
+    ds = rbp.data.load("digits")
+    spec = TrainSpec(dataset="digits", algorithm=rbp.algorithm("rbp"), epochs=12, hidden=(16,))
+    saved = []
+
+    class Spy:
+        def load(self):
+            return None
+
+        def save(self, state, histories):
+            saved.append((len(histories[0]), state, histories))
+
+    train_module.CHECKPOINT_COST_FACTOR, old = 1e9, train_module.CHECKPOINT_COST_FACTOR
+    try:
+        _, whole = train_group(spec, [3], ds, checkpoint=Spy())
+    finally:
+        train_module.CHECKPOINT_COST_FACTOR = old
+    assert [n for n, *_ in saved] == [1, 12]        # a huge factor: the first (its cost is measured) and the last
+    saved.clear()
+    _, whole = train_group(spec, [3], ds, checkpoint=Spy())
+    n, state, hist = saved[len(saved) // 2]
+
+    class From:
+        def load(self):
+            return state, hist
+
+        def save(self, *a):
+            pass
+
+    _, resumed = train_group(spec, [3], ds, checkpoint=From())
+    strip = lambda h: [{k: v for k, v in r.as_dict().items() if k != "seconds"} for r in h]
+    assert strip(resumed[0]) == strip(whole[0]) and len(resumed[0]) == 12

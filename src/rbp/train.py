@@ -47,6 +47,7 @@ CONV_MODELS = {"convnet": cifar_convnet, "cifar_convnet": cifar_convnet, "lenet"
 # vit: patch conv, position table, 4 x (in_proj, out_proj, linear1, linear2), head
 CONV_WEIGHT_LAYERS = {"convnet": 5, "cifar_convnet": 5, "lenet": 5, "resnet20": 20, "vit": 19}
 SINGLE_ONLY = ("resnet20", "vit")   # image models without an ensemble layout (batch norm, layer norm)
+CHECKPOINT_COST_FACTOR = 20   # train at least 20x as long as the last checkpoint took to write before the next
 CONV_PROBE = 256           # examples in the alignment probe batch of a conv net (rbp.diagnostics)
 
 
@@ -465,7 +466,9 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
     ``checkpoint`` makes the group resumable: an object with ``load()``, which gives
     ``(state, histories)`` saved by an earlier process (or None), and
     ``save(state, histories)``, called at the end of every epoch with
-    :meth:`Trainer.state_dict` and the histories so far (as lists of flat dicts).  A
+    :meth:`Trainer.state_dict` and the histories so far (as lists of flat dicts); when
+    epochs are so short that this would cost more than 5 % of the training time
+    (``CHECKPOINT_COST_FACTOR``), at the end of every few epochs and of the last.  A
     group resumed from epoch n continues exactly as if it had never stopped: the
     same weights, histories and random streams, bit for bit (on the same machine
     and thread count).  Callbacks hear of the epochs trained in this call only.
@@ -507,6 +510,7 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
     diverged = [bool(h and h[-1].diverged) for h in histories]
     settling = Settling(tr.model) if probe_size else None     # (the weights at the end of the last epoch)
     start = len(histories[0]) + 1
+    last_save, save_cost = time.perf_counter(), 0.0
     for epoch in range(start, spec.epochs + 1 if not all(diverged) else start):
         t0 = time.perf_counter()
         tl, tc = tr.train_epoch(on_step)
@@ -528,8 +532,14 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
             on_epoch(records)
         if notify:
             notify.epoch(records)
-        if checkpoint is not None:
+        # a checkpoint at the end of the epoch, unless epochs are so short that writing one every epoch
+        # would cost more than 1/CHECKPOINT_COST_FACTOR of the training time (then every few epochs)
+        if checkpoint is not None and (epoch == spec.epochs or all(diverged)
+                                       or time.perf_counter() - last_save >= CHECKPOINT_COST_FACTOR * save_cost):
+            t_save = time.perf_counter()
             checkpoint.save(tr.state_dict(), [[r.as_dict() for r in h] for h in histories])
+            last_save = time.perf_counter()
+            save_cost = last_save - t_save
         if all(diverged):
             break
     if notify:
