@@ -466,7 +466,8 @@ def train_group(spec: TrainSpec, seeds: Sequence[int], dataset=None,
     ``checkpoint`` makes the group resumable: an object with ``load()``, which gives
     ``(state, histories)`` saved by an earlier process (or None), and
     ``save(state, histories)``, called at the end of every epoch with
-    :meth:`Trainer.state_dict` and the histories so far (as lists of flat dicts); when
+    :meth:`Trainer.state_dict` (live tensors: serialise or copy them before returning)
+    and the histories so far (as lists of flat dicts); when
     epochs are so short that this would cost more than 5 % of the training time
     (``CHECKPOINT_COST_FACTOR``), at the end of every few epochs and of the last.  A
     group resumed from epoch n continues exactly as if it had never stopped: the
