@@ -16,7 +16,7 @@ run killed mid-epoch resumes from the last complete epoch and ends bit for bit
 as if it had never stopped.  When the group's run files are written its
 checkpoint is removed, unless ``keep_checkpoints``; so a store holds at most
 one checkpoint per group in flight (for the paper's CIFAR-10 network, about
-10 MB) and finished stores hold none, which keeps them small enough to commit.
+6.5 MB: weights, momentum and the state of the streams) and finished stores hold none, which keeps them small enough to commit.
 
 **Claims.**  Before a process trains a run it claims it: it creates the run's
 claim file with ``O_EXCL`` (one process wins) and touches it every
