@@ -86,4 +86,7 @@ def test_rules_are_named_and_each_refuses():
         rbp.algorithm("srbp", block_matrix="shared")
     assert [r.__name__ for r in RULES] == ["quantize_update_mode_needs_bits", "after_lr_needs_its_lr",
                                            "per_synapse_feedback_alone", "mirrors_need_kept_feedback",
-                                           "block_mode", "distinct_network_follows_nothing"]
+                                           "block_mode", "distinct_network_follows_nothing",
+                                           "shared_projection_is_fixed"]
+    with pytest.raises(ConfigError, match="skip_projection='shared'"):
+        rbp.algorithm("srbp", skip_projection="shared", feedback="resampled")

@@ -49,6 +49,7 @@ from .quantize import ERROR_ALPHA, MAX_BITS, MIN_BITS, UPDATE_ALPHA, UPDATE_MODE
 from .transfer import ALIASES, TRANSFER
 
 ROUTES = ("chain", "product", "skip", "top")
+SKIP_PROJECTIONS = ("own", "shared")
 UPDATES = ("full", "sign", "magnitude")
 ARCHITECTURES = ("bidirectional", "conjoined", "twin", "distinct")
 # Transfer functions a learning channel's units may apply (paper 2, symmetry of processing);
@@ -93,6 +94,7 @@ class Algorithm:
     blocks: tuple = ()                         # SRBP block mode: modules whose outputs receive C E^L (rbp.nn.blocks)
     block_feedback: str = "bp"                 # the route inside and between blocks: "bp" or "rbp"
     block_matrix: str = "own"                  # each block its own C_k, or one C "shared" by all blocks
+    skip_projection: str = "own"               # skipped route: each layer its own C^h, or one "shared" C sliced
 
     @property
     def random_feedback(self) -> bool:
@@ -534,6 +536,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("block_matrix", "str", _choice("block_matrix", ("own", "shared")),
            "each block its own C_k, or one C shared by all blocks", applies="with blocks",
            choices=("own", "shared"), example=("srbp", {"blocks": ("0",), "block_matrix": "shared"})),
+    Option("skip_projection", "str", _choice("skip_projection", SKIP_PROJECTIONS),
+           "srbp's matrices: each layer (or block) its own C^h, or one C as wide as the widest, applied to E^L "
+           "once per backward pass, each layer (block) reading its first columns (Launay et al. 2020)",
+           applies="srbp (per-layer and block mode)", choices=SKIP_PROJECTIONS,
+           refuse=lambda base, v: (None if v == "own" or (base.route == "skip" and base.random_feedback
+                                                          and not base.adaptive and not base.backward_hidden)
+                                   else f"skip_projection: one shared projection of E^L is srbp's (fixed matrices, "
+                                        f"no backward network); '{base.name}' is not srbp (use srbp)"),
+           label=lambda a: "shared projection", example=("srbp", {"skip_projection": "shared"})),
 )
 OPTION = {opt.name: opt for opt in OPTIONS}
 OPTION_NAMES = tuple(OPTION)
@@ -617,8 +628,15 @@ def distinct_network_follows_nothing(alg):
                           "of a distinct learning network (backward_hidden) mirror no forward matrix")
 
 
+def shared_projection_is_fixed(alg):
+    spec = alg.feedback
+    if alg.skip_projection == "shared" and (spec.refreshed or spec.per_synapse or spec.needs_forward_sign):
+        raise ConfigError(f"feedback {str(spec)!r} is not defined with skip_projection='shared': the one shared "
+                          "matrix is a fixed draw that mirrors no layer's forward matrices")
+
+
 RULES = (quantize_update_mode_needs_bits, after_lr_needs_its_lr, per_synapse_feedback_alone,
-         mirrors_need_kept_feedback, block_mode, distinct_network_follows_nothing)
+         mirrors_need_kept_feedback, block_mode, distinct_network_follows_nothing, shared_projection_is_fixed)
 
 
 def option_defaults(opt: Option) -> str:

@@ -74,6 +74,7 @@ class Pass:
     graph: bool = False                          # positions were entered with their inputs (autograd driver)
     started: bool = False                        # the backward pass has begun
     depth: int = 0                               # sites entered before the backward pass began
+    projections: dict = field(default_factory=dict)  # shared skip matrix -> (error, matrix, error @ matrix)
     _seen: set = field(default_factory=set, repr=False)
 
     def enter(self, site, x=None) -> int:
@@ -266,9 +267,8 @@ def feedback_matrix(site, weight, fbk, probe: bool = False):
                 return fb.follow_signs(fbk, weight) if functorch else fb.follow_signs_(fbk, weight)
             if spec.kind == "sign-uniform":        # uSF: one magnitude, current signs
                 magnitude = _uniform_magnitude(site, spec, fbk)
-                if functorch:
-                    return torch.copysign(magnitude.expand(fbk.shape), weight.to(fbk.dtype))
-                return torch.copysign(magnitude.expand(fbk.shape), weight.to(fbk.dtype), out=fbk)
+                sign = weight if weight.dtype == fbk.dtype else weight.to(fbk.dtype)
+                return torch.copysign(magnitude, sign) if functorch else torch.copysign(magnitude, sign, out=fbk)
             new = _resample(site, spec, weight, fbk)
             if alg.feedback_scale != 1.0:
                 new.mul_(alg.feedback_scale)
@@ -378,9 +378,9 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
         gF = route.adaptation(site, src, g, x, gW, fbk, lam)
     if lam:
         if need_w and gW is not None and not getattr(site, "rbp_shares_weight", False):   # a tied weight: once
-            gW = torch.add(gW, weight, alpha=lam)
+            gW = gW.add_(weight, alpha=lam)       # in place: gW is the route's own new tensor
         if need_b and gb is not None:
-            gb = torch.add(gb, site.bias, alpha=lam)
+            gb = gb.add_(site.bias, alpha=lam)
     if need_x and route.carries:
         J = route.signal(site, pas, src, g, x, weight, fbk)
         J = backward_units(alg, J, scale)

@@ -41,6 +41,7 @@ class Route:
     carries = True         # hidden layers receive a signal at all
     adapts_from_update = False   # adaptive feedback changes by the forward update itself (ARBP, KP)
     needs_error = False          # hidden layers read the output error E^L itself (skipped routes)
+    shares_projection = False    # one skip matrix for every site, applied once per pass (skip_projection)
     recomputable = True          # a site may enter the pass during its backward (reentrant checkpointing)
     # the signal travels through transposed forward matrices with the derivatives between them left out,
     # so it can pass only layers that are matrices (not attention's scores, not a recurrent cell's gates)
@@ -191,6 +192,12 @@ class Skip(Route):
     name = "skip"
     needs_error = True
 
+    @property
+    def shares_projection(self) -> bool:
+        """``skip_projection='shared'``: every site's C^h is the first columns of one matrix C (N_L x d_max),
+        and C E^L is computed once per backward pass, each site reading its slice (Launay et al. 2020)."""
+        return self.alg.skip_projection == "shared"
+
     def validate(self, sites):
         super().validate(sites)
         if not self.alg.random_feedback:
@@ -235,7 +242,13 @@ class Skip(Route):
         return _decayed(site.grad_skip(src, x).mul_(self.alg.adapt_rate), fbk, decay)
 
     def signal(self, site, pas, src, g, x, weight, fbk):
-        return site.skip(src, fbk, x)
+        base = _leading_slice_of(fbk) if self.shares_projection else None
+        if base is None:
+            return site.skip(src, fbk, x)
+        done = pas.projections.get(id(base))
+        if done is None or done[0] is not src or done[1] is not base:
+            done = pas.projections[id(base)] = (src, base, src @ base)     # once per pass
+        return site.skip_sliced(src, done[2], fbk, x)
 
     def mirror(self, sites, h):
         if not all(s.kind == "linear" for s in sites[h:]):
@@ -250,8 +263,21 @@ class Skip(Route):
         return self.alg.random_feedback and self.alg.feedback.needs_forward_sign
 
     def layer_cost(self, layers, n_top):
-        skip = n_top * sum(units for _, units in layers[1:])
+        units = [u for _, u in layers[1:]]
+        if self.shares_projection:      # one product with the widest layer's matrix per pass
+            skip = n_top * max(units, default=0)
+        else:
+            skip = n_top * sum(units)
         return skip, skip
+
+
+def _leading_slice_of(fbk):
+    """The matrix whose first columns ``fbk`` is (a view made by ``skip_projection='shared'``), or None."""
+    base = getattr(fbk, "_base", None)
+    if base is None or base.dim() != fbk.dim() or fbk.storage_offset() != base.storage_offset() \
+            or fbk.stride() != base.stride() or fbk.shape[:-1] != base.shape[:-1]:
+        return None
+    return base
 
 
 class Distinct(Skip):

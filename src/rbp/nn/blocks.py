@@ -58,15 +58,20 @@ class _Deliver(torch.autograd.Function):
     """Forward: the model's output, unchanged.  Backward: g to the output, g @ C_k to every block output."""
 
     @staticmethod
-    def forward(ctx, output, matrices, *attached):
-        ctx.matrices = matrices
+    def forward(ctx, output, matrices, shared, *attached):
+        ctx.matrices, ctx.shared = matrices, shared
         ctx.shapes = [a.shape for a in attached]
         return output.clone()
 
     @staticmethod
     def backward(ctx, g):
         rows = g.reshape(-1, g.shape[-1])
-        return (g, None, *[(rows @ C).reshape(shape) for C, shape in zip(ctx.matrices, ctx.shapes)])
+        if ctx.shared is not None:       # skip_projection "shared": one product, every block reads its first columns
+            P = rows @ ctx.shared
+            signals = [P[:, :C.shape[-1]].reshape(shape) for C, shape in zip(ctx.matrices, ctx.shapes)]
+        else:
+            signals = [(rows @ C).reshape(shape) for C, shape in zip(ctx.matrices, ctx.shapes)]
+        return (g, None, None, *signals)
 
 
 def _matches(pattern: str, name: str) -> bool:
@@ -151,8 +156,38 @@ class BlockFeedback:
         if not isinstance(output, torch.Tensor):
             raise UnsupportedModelError(f"srbp's block mode needs the model to return one tensor (the output "
                                         f"layer's), got {type(output).__name__}")
+        if self.algorithm.skip_projection == "shared":
+            matrices, shared = self.shared_matrices(pending, output)
+        else:
+            matrices, shared = [self.matrix(m, y, output) for m, y in pending], None
+        return _Deliver.apply(output, matrices, shared, *[y for _, y in pending])
+
+    def shared_matrices(self, pending, output):
+        """``skip_projection='shared'``: one C as wide as the widest block output; block k's matrix is a view
+        of its first columns.  Drawn at the first pass (the ``blocks`` stream's first sub-stream); matrices
+        loaded from a state_dict become views again when they are such slices.  Returns (matrices, C), C
+        None when the blocks' matrices are not slices of one matrix."""
+        widths = [self.width(y, output, self.names[self.modules.index(m)]) for m, y in pending]
+        held = [getattr(m, BUFFER) for m, _ in pending]
+        n_top = output.shape[-1]
+        if all(C is None for C in held):
+            y = pending[0][1]
+            base = self._draw(0, (n_top, max(widths)), dtype=y.dtype, device=y.device)
+            for (m, _), w in zip(pending, widths):
+                setattr(m, BUFFER, base[:, :w])
+        elif any(C is None for C in held):
+            raise ConfigError("skip_projection='shared': some blocks hold a matrix and others do not; load a "
+                              "state_dict that has every block's matrix")
         matrices = [self.matrix(m, y, output) for m, y in pending]
-        return _Deliver.apply(output, matrices, *[y for _, y in pending])
+        base = _common_base(matrices)
+        if base is None:                 # separate tensors (loaded): views of the widest again, if they are its slices
+            widest = max(matrices, key=lambda C: C.shape[-1])
+            if all(torch.equal(C, widest[:, :C.shape[-1]]) for C in matrices):
+                for (m, _), C in zip(pending, matrices):
+                    setattr(m, BUFFER, widest[:, :C.shape[-1]])
+                matrices = [self.matrix(m, y, output) for m, y in pending]
+                base = _common_base(matrices)
+        return matrices, base
 
     def width(self, y: torch.Tensor, output: torch.Tensor, name: str) -> int:
         lead = output.shape[:-1]
@@ -190,6 +225,15 @@ class BlockFeedback:
         if shared:
             self._shared = C.clone()
         return C.to(device)
+
+
+def _common_base(matrices):
+    """The one matrix whose first columns all of ``matrices`` are (views), or None."""
+    from ..channel.routes import _leading_slice_of
+    bases = {id(b): b for b in (_leading_slice_of(C) for C in matrices)}
+    if len(bases) != 1 or None in [_leading_slice_of(C) for C in matrices]:
+        return None
+    return next(iter(bases.values()))
 
 
 class _Materialize:

@@ -199,12 +199,23 @@ class ConvOps:
                                   self._all_groups)
 
     def skip(self, error, matrix, x):
+        self.skip_shape_check(matrix, x)
+        return self._deliver_skip(error @ matrix, x)
+
+    def skip_shape_check(self, matrix, x):
         per_member = x[0].numel() // (self.ensemble or 1)
         if matrix.shape[-1] != per_member:
             raise ConfigError(f"the skip matrix of a conv layer was sized for an input map of {matrix.shape[-1]} "
                               f"units but the map has shape {self.member_shape(x)[1:]}; convert with an "
                               "example_input of the size you train on")
-        J = error @ matrix           # (B, C*H*W), or (K, B, C*H*W) for an ensemble
+
+    def skip_sliced(self, error, projection, matrix, x):
+        """:meth:`skip` from E^L C for the whole shared matrix C, of which ``matrix`` is the first columns."""
+        self.skip_shape_check(matrix, x)
+        return self._deliver_skip(projection[..., :matrix.shape[-1]], x)
+
+    def _deliver_skip(self, J, x):
+        """J = E^L C, (B, C*H*W) or (K, B, C*H*W) for an ensemble, as the input map."""
         if not self.ensemble:
             return J.reshape(x.shape)
         return self.from_members(J.reshape(self.ensemble, *self.member_shape(x)))

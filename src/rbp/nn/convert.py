@@ -722,11 +722,15 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Se
     specs = [a.feedback for a in members]
     scales = [a.feedback_scale for a in members]
     gens = [generator(s, "feedback") for s in seeds]
+    shared = _shared_projection(route, sites, n_top, specs, gens, ensemble, scales)
 
     for i, site in enumerate(sites):
         if not site.receives_feedback:
             continue  # its input is not a signal (an embedding's indices): nothing travels below it
         shape = route.feedback_shape(sites, i, n_top)
+        if shared is not None and shape is not None:
+            site.set_feedback(shared[..., :shape[-1]], adaptive=False)     # a view: one matrix for all sites
+            continue
         if shape is None:
             fed = route.fed_feedback_shape(sites, i, n_top) if i == 0 else None
             if fed is not None and fed_first is not False:
@@ -756,6 +760,24 @@ def _init_feedback(sites, alg: Algorithm, seeds: Sequence, ensemble, members: Se
         _check_sparse(specs, shape[-1], f"of the distinct network's layer {k}")
         sites[position].register_buffer("backward_weight", _members(specs, shape, gens, sites[position], False,
                                                                     lambda k: None, ensemble, scales))
+
+
+def _shared_projection(route, sites, n_top, specs, gens, ensemble, scales):
+    """The one skip matrix of ``skip_projection='shared'`` ((N_L, widest input), or None when not shared).
+
+    Every receiving site's feedback becomes a view of its first columns, so the channel holds
+    N_L x d_max numbers however many sites there are.
+    """
+    shapes = [route.feedback_shape(sites, i, n_top) for i, s in enumerate(sites) if s.receives_feedback]
+    shapes = [sh for sh in shapes if sh is not None]
+    if not route.shares_projection or not shapes:
+        return None
+    if any(sh[-1] is None for sh in shapes):
+        raise ConfigError("skip_projection='shared' sizes one matrix for the widest layer input, so every width "
+                          "must be known at conversion: pass example_input= to rbp.convert")
+    width = max(sh[-1] for sh in shapes)
+    _check_sparse(specs, width, "of the shared learning channel")
+    return _members(specs, (shapes[0][0], width), gens, sites[-1], False, lambda k: None, ensemble, scales)
 
 
 def _hold_place(site, shape):

@@ -75,7 +75,17 @@ class LinearOps:
         (x of shape (B, T, ..., in), error (B, N_L)) gives every position the same
         projection, as the true gradient of a mean-pooled readout does."""
         error = self._error_for(error, x)
-        J = error @ matrix
+        return self._deliver_skip(error @ matrix, error, x)
+
+    def skip_sliced(self, error, projection, matrix, x):
+        """:meth:`skip` when E^L C was computed once for the whole shared matrix C (``skip_projection``),
+        of which ``matrix`` is the first columns: this site reads the first columns of ``projection``."""
+        own = self._error_for(error, x)
+        J = projection[..., :matrix.shape[-1]] if own is error else own @ matrix
+        return self._deliver_skip(J, own, x)
+
+    def _deliver_skip(self, J, error, x):
+        """The projection J = E^L C in the input's shape (see :meth:`skip`)."""
         if J.shape == x.shape:
             return J
         lead = J.dim() - 1

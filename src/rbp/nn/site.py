@@ -86,6 +86,11 @@ class SiteInterface(abc.ABC):
     def skip(self, error, matrix, x):
         """The output error projected by the skip matrix, delivered in the input's shape."""
 
+    def skip_sliced(self, error, projection, matrix, x):
+        """:meth:`skip` given ``projection`` = E^L C for a shared matrix C whose first columns are ``matrix``
+        (``skip_projection='shared'``: C E^L is computed once per pass).  This default projects anew."""
+        return self.skip(error, matrix, x)
+
     @abc.abstractmethod
     def grad_skip(self, error, x):
         """E^L (O^h)^T in the skip matrix's orientation (adaptive skipped routes)."""
