@@ -105,3 +105,46 @@ def test_flop_counts_ask_the_route():
     assert convnet_flops("asrbp") == convnet_flops("srbp") != convnet_flops("bp")
     assert convnet_flops("kp") == convnet_flops("bp")
     assert convnet_flops(algorithm("srbp", backward_hidden=(20,))) != convnet_flops("srbp")
+
+
+def test_bench_resnet18_and_gpt_print_the_flop_floor_beside_the_ratio(capsys):
+    """`rbp bench --model resnet18-cifar` / `--model gpt`: the converted model against the same plain model,
+    each variant with its FLOP floor (matrix products only: rbp's is 1, per-layer srbp's on a language
+    model is above 1, the shared projection's below that)."""
+    import torch
+    threads = torch.get_num_threads()
+    try:
+        assert main(["bench", "--model", "gpt", "--steps", "1", "--repeats", "1", "--batch", "2", "--threads", "1",
+                     "--algorithms", "rbp,srbp,srbp:skip_projection=shared", "--json", "--quiet"]) == 0
+        out = capsys.readouterr().out
+        res = json.loads(out.strip().splitlines()[-1])
+        assert "FLOP floor" in out and res["batch"] == 2 and res["model"] == "gpt"
+        floors = {k: v["flop_floor"] for k, v in res["results"].items()}
+        assert floors["reference"] == 1.0 and floors["rbp"] == 1.0
+        assert floors["srbp"] > floors["srbp:skip_projection=shared"] and floors["srbp"] > 1
+        assert res["cpu_ratio_srbp:skip_projection=shared_vs_reference"] > 0
+        assert main(["bench", "--model", "resnet18-cifar", "--steps", "1", "--repeats", "1", "--batch", "2",
+                     "--threads", "1", "--algorithms", "kp,srbp", "--json", "--quiet"]) == 0
+        res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert res["results"]["kp"]["flop_floor"] == 1.0 and 0 < res["results"]["srbp"]["flop_floor"] < 1
+    finally:
+        torch.set_num_threads(threads)
+    code = main(["bench", "--model", "mlp", "--batch", "4", "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err and "--batch" in err
+
+
+def test_the_bench_models_are_built_in_house():
+    import torch
+    from rbp.bench import graph_model
+    from rbp.models import resnet18
+    r18 = graph_model("resnet18-cifar")
+    assert sum(p.numel() for p in r18.parameters()) == 11_181_642     # torchvision's resnet18 with 10 classes
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in r18.modules()) == 20
+    assert resnet18(cifar_stem=True)(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    lm = graph_model("gpt")
+    assert lm.head.out_features >= 8192 and lm(torch.zeros(2, 64, dtype=torch.long)).shape == (2, 64, 8192)
+    import inspect
+    import rbp.models
+    source = inspect.getsource(rbp.models)
+    assert "import torchvision" not in source and "from torchvision" not in source

@@ -51,8 +51,9 @@ from .train import TrainSpec, Trainer, check_device
 
 N_TRAIN, BATCH = 60000, 100
 CIFAR_TRAIN, CIFAR_BATCH = 50000, 128
-MODELS = ("mlp", "convnet", "wide-mlp", "transformer")
-GRAPH_MODELS = ("wide-mlp", "transformer")   # timed on the autograd path: rbp.convert in a plain loop
+MODELS = ("mlp", "convnet", "wide-mlp", "transformer", "resnet18-cifar", "gpt")
+# timed on the autograd path: rbp.convert in a plain loop
+GRAPH_MODELS = ("wide-mlp", "transformer", "resnet18-cifar", "gpt")
 
 
 def synthetic_mnist(device="cpu", seed=0) -> Dataset:
@@ -196,9 +197,19 @@ def graph_model(name: str, seed: int = 0) -> nn.Module:
     """The plain PyTorch models the autograd path is timed on (issue figures, docs/performance.md).
 
     ``wide-mlp``: 784-2048x4-10 tanh; ``transformer``: a 2-layer ``nn.TransformerEncoder``
-    (d = 128, 4 heads, feed-forward 512, batch-first) over 32 tokens, mean-pooled, linear head.
+    (d = 128, 4 heads, feed-forward 512, batch-first) over 32 tokens, mean-pooled, linear head;
+    ``resnet18-cifar``: torchvision's ResNet-18 layout (:func:`rbp.models.resnet18`, built here)
+    with 10 classes on 32 x 32 images; ``gpt``: a decoder-only language model
+    (:func:`rbp.models.gpt`: vocabulary 8192, context 64, d = 128, 4 blocks, 4 heads), trained on
+    next-token prediction.
     """
     torch.manual_seed(seed)
+    if name == "resnet18-cifar":
+        from .models import resnet18
+        return resnet18(num_classes=10, seed=seed)
+    if name == "gpt":
+        from .models import gpt
+        return gpt(vocab=GPT_VOCAB, context=GPT_CONTEXT, seed=seed)
     if name == "wide-mlp":
         sizes = (784, 2048, 2048, 2048, 2048, 10)
         layers = []
@@ -223,20 +234,37 @@ class _TokenClassifier(nn.Module):
         return self.head(self.encoder(x).mean(1))
 
 
-GRAPH_SHAPES = {"wide-mlp": ((784,), 256), "transformer": ((32, 128), 64)}   # input per example, minibatch
+GPT_VOCAB, GPT_CONTEXT = 8192, 64
+# input per example, default minibatch
+GRAPH_SHAPES = {"wide-mlp": ((784,), 256), "transformer": ((32, 128), 64), "resnet18-cifar": ((3, 32, 32), 8),
+                "gpt": ((GPT_CONTEXT,), 8)}
 
 
 class _GraphLoop:
-    """One training loop for every variant: the model (plain, or converted) and torch.optim.SGD."""
+    """One training loop for every variant: the model (plain, or converted) and torch.optim.SGD.
 
-    def __init__(self, name, alg, device, seed=0):
-        shape, self.batch = GRAPH_SHAPES[name]
+    Classifiers get Gaussian inputs and 10 classes; ``gpt`` gets random token sequences and the
+    next-token loss (cross-entropy at every position).
+    """
+
+    def __init__(self, name, alg, device, seed=0, batch=None, options=None):
+        shape, default = GRAPH_SHAPES[name]
+        self.batch = batch or default
         model = graph_model(name, seed).to(device)
-        self.model = model if alg is None else __import__("rbp").convert(model, alg, seed=seed)
+        if alg is not None:
+            kwargs = {"example_input": torch.zeros(1, *shape, device=device)} if name == "resnet18-cifar" else {}
+            model = __import__("rbp").convert(model, algorithm(alg, **(options or {})), seed=seed, **kwargs)
+        self.model = model
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01)
         g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(8 * self.batch, *shape, generator=g).to(device)
-        self.y = torch.randint(0, 10, (8 * self.batch,), generator=g).to(device)
+        n = 8 * self.batch
+        self.lm = name == "gpt"
+        if self.lm:
+            tokens = torch.randint(0, GPT_VOCAB, (n, GPT_CONTEXT + 1), generator=g).to(device)
+            self.x, self.y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+        else:
+            self.x = torch.randn(n, *shape, generator=g).to(device)
+            self.y = torch.randint(0, 10, (n,), generator=g).to(device)
         self.i = 0
 
     def run(self, steps):
@@ -245,19 +273,116 @@ class _GraphLoop:
             self.i += 1
             x, y = self.x[k * self.batch:(k + 1) * self.batch], self.y[k * self.batch:(k + 1) * self.batch]
             self.opt.zero_grad(set_to_none=True)
-            F.cross_entropy(self.model(x), y).backward()
+            out = self.model(x)
+            F.cross_entropy(out.flatten(0, -2) if self.lm else out, y.flatten() if self.lm else y).backward()
             self.opt.step()
 
 
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``"srbp:skip_projection=shared"`` -> ("srbp", {"skip_projection": "shared"}); options as ``rbp.algorithm`` takes."""
+    name, *pairs = text.split(":")
+    options = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise ConfigError(f"--algorithms: {pair!r} in {text!r} is not KEY=VALUE")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        options[key.strip()] = value
+    algorithm(name.strip(), **options)          # one line naming what is wrong, before anything runs
+    return name.strip(), options
+
+
+class _FlopCount(torch.overrides.TorchFunctionMode):
+    """Multiply-adds of attention's own products (scores and weighted sum), which no weight layer holds."""
+
+    def __init__(self):
+        super().__init__()
+        self.macs = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention:
+            q, k = args[0], args[1]
+            self.macs += 2 * q.numel() * k.shape[-2]          # Q K^T and A V: B h T S d_h each
+        return func(*args, **(kwargs or {}))
+
+
+def graph_flops(name: str, algorithms, batch: int | None = None) -> dict:
+    """FLOPs per training step of each variant, and its *floor*: the ratio to the plain model's FLOPs.
+
+    Counted: multiply-adds x 2 of the forward pass (weight layers and attention's products),
+    the weight gradients (one product per weight layer; an embedding's is a scatter, 0), the
+    backward of attention's products (2 x their forward, in every algorithm: autograd carries
+    the signal through them) and the learning channel's products as the route counts them
+    (:meth:`rbp.channel.routes.Route.layer_cost`; the plain model is bp).  Elementwise work
+    (activations, norms, the optimizer, feedback refreshed from the forward signs) is not
+    counted, so the floor is what the algorithm's linear algebra allows.
+    """
+    import math as _math
+    shape, default = GRAPH_SHAPES[name]
+    batch = batch or default
+    model = graph_model(name)
+    layers = []       # (multiply-adds, input units) of each weight layer, forward order, whole batch
+
+    def hook(mod, inp, out):
+        x = inp[0]
+        if isinstance(mod, nn.Embedding):
+            layers.append((0, 0))
+        elif isinstance(mod, nn.MultiheadAttention):      # two sites: in_proj (3d x d), out_proj (d x d)
+            tokens, d = x.numel() // mod.embed_dim, mod.embed_dim
+            layers.extend([(tokens * 3 * d * d, x.numel()), (tokens * d * d, x.numel())])
+        elif isinstance(mod, nn.Conv2d):
+            layers.append((out.numel() * mod.in_channels // mod.groups * _math.prod(mod.kernel_size), x.numel()))
+        else:
+            layers.append((out.numel() // mod.out_features * mod.in_features * mod.out_features, x.numel()))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding, nn.MultiheadAttention))]
+    x = (torch.zeros(batch, *shape, dtype=torch.long) if name == "gpt" else torch.zeros(batch, *shape))
+    counter = _FlopCount()
+    with torch.no_grad(), counter:
+        out = model(x)
+    for h in handles:
+        h.remove()
+    n_top = out.shape[-1]
+    rows = out.numel() // n_top                     # examples (classifiers) or tokens (the language model)
+    per_row = [(m / rows, u / rows) for m, u in layers]
+    forward = sum(m for m, _ in per_row)
+    other = counter.macs / rows
+    result = {}
+    for spec in ("bp", *algorithms):
+        alg_name, options = parse_variant(spec)
+        alg = algorithm(alg_name, **options)
+        if getattr(alg, "blocks", ()):
+            result[spec] = None                     # block mode: the blocks' widths are the model's, not counted
+            continue
+        channel, _ = _route(alg).layer_cost(per_row, n_top)
+        result[spec] = 2.0 * rows * (forward + forward + channel + 3 * other)
+    plain = result["bp"]
+    return {spec: {"flops": f, "floor": None if f is None else f / plain} for spec, f in result.items()
+            if spec != "bp" or "bp" in algorithms}
+
+
 def run_graph_bench(model: str, steps=10, repeats=5, algorithms=("bp", "rbp", "srbp"), device="cpu",
-                    log=print) -> dict:
-    """Step time of the converted model against the same plain model, same loop, same process."""
+                    log=print, batch: int | None = None) -> dict:
+    """Step time of the converted model against the same plain model, same loop, same process.
+
+    ``algorithms`` are names, optionally with options (:func:`parse_variant`).  Each variant's
+    FLOP floor (:func:`graph_flops`) is reported beside its measured ratio.
+    """
     if steps < 1 or repeats < 1:
         raise ConfigError("need steps >= 1 and repeats >= 1")
+    if batch is not None and batch < 1:
+        raise ConfigError(f"--batch must be at least 1, got {batch}")
     check_device(device)
-    variants = {"reference": _GraphLoop(model, None, device)}
-    for alg in algorithms:
-        variants[alg] = _GraphLoop(model, alg, device)
+    specs = {alg: parse_variant(alg) for alg in algorithms}
+    variants = {"reference": _GraphLoop(model, None, device, batch=batch)}
+    for alg, (name, options) in specs.items():
+        variants[alg] = _GraphLoop(model, name, device, batch=batch, options=options)
     for runner in variants.values():      # warm up (and size anything lazy)
         runner.run(2)
     times = {name: [] for name in variants}
@@ -271,10 +396,13 @@ def run_graph_bench(model: str, steps=10, repeats=5, algorithms=("bp", "rbp", "s
             times[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
         log(f"repeat {r + 1}/{repeats} done")
-    batch = GRAPH_SHAPES[model][1]
-    results = {name: {"algorithm": "bp" if name == "reference" else name, "ensemble": 1,
+    batch = variants["reference"].batch
+    floors = graph_flops(model, algorithms, batch)
+    results = {name: {"algorithm": "bp" if name == "reference" else specs[name][0], "ensemble": 1,
                       "seconds_per_step": statistics.median(t) / steps,
-                      "cpu_seconds_per_step": statistics.median(cpu[name]) / steps} for name, t in times.items()}
+                      "cpu_seconds_per_step": statistics.median(cpu[name]) / steps,
+                      "flop_floor": 1.0 if name == "reference" else floors[name]["floor"]}
+               for name, t in times.items()}
     ref = results["reference"]["seconds_per_step"]
     ref_cpu = results["reference"]["cpu_seconds_per_step"]
     out = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -289,12 +417,17 @@ def run_graph_bench(model: str, steps=10, repeats=5, algorithms=("bp", "rbp", "s
 def _graph_table(out) -> str:
     ref = out["results"]["reference"]["seconds_per_step"]
     ref_cpu = out["results"]["reference"]["cpu_seconds_per_step"]
-    lines = [f"{'variant':12s} {'ms/step':>9s} {'vs reference':>13s} {'CPU ms/step':>12s} {'CPU vs ref':>11s}"]
+    width = max(12, *(len(n) for n in out["results"]))
+    lines = [f"{'variant':{width}s} {'ms/step':>9s} {'vs reference':>13s} {'CPU ms/step':>12s} {'CPU vs ref':>11s} "
+             f"{'FLOP floor':>11s}"]
     for name, r in out["results"].items():
-        lines.append(f"{name:12s} {1000 * r['seconds_per_step']:9.2f} {r['seconds_per_step'] / ref:12.3f}x "
-                     f"{1000 * r['cpu_seconds_per_step']:12.2f} {r['cpu_seconds_per_step'] / ref_cpu:10.3f}x")
+        floor = "n/a" if r.get("flop_floor") is None else f"{r['flop_floor']:.3f}x"
+        lines.append(f"{name:{width}s} {1000 * r['seconds_per_step']:9.2f} {r['seconds_per_step'] / ref:12.3f}x "
+                     f"{1000 * r['cpu_seconds_per_step']:12.2f} {r['cpu_seconds_per_step'] / ref_cpu:10.3f}x "
+                     f"{floor:>11s}")
     lines.append(f"{out['model']}, minibatch {out['batch']}, autograd path (rbp.convert + torch.optim.SGD); "
-                 f"torch {out['torch']}, {out['threads']} threads, device {out['device']}")
+                 f"torch {out['torch']}, {out['threads']} threads, device {out['device']}; FLOP floor: the "
+                 "variant's matrix-product FLOPs over the plain model's (elementwise work not counted)")
     return "\n".join(lines)
 
 
@@ -380,13 +513,15 @@ def run_bench(steps=100, repeats=5, ensembles=(4, 16, 64), algorithms=("bp", "rb
     for runner, _, _ in variants.values():      # warm up
         runner.run(1 if conv else 3)
     times = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
     for r in range(repeats):
         for name, (runner, _, _) in variants.items():
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             runner.run(steps)
             _sync(device)
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
         log(f"repeat {r + 1}/{repeats} done")
     peak = matmul_peak(device)
     per_epoch = -(-n_train // batch)
@@ -397,7 +532,8 @@ def run_bench(steps=100, repeats=5, ensembles=(4, 16, 64), algorithms=("bp", "rb
         per_example = convnet_flops(alg) if conv else channel_flops(MNIST_SIZES, alg)
         flops = per_example * batch * steps * K
         results[name] = {"algorithm": alg, "ensemble": K, "seconds_per_epoch": sec_epoch,
-                         "seconds_per_network_epoch": sec_epoch / K, "gflops": flops / t / 1e9}
+                         "seconds_per_network_epoch": sec_epoch / K, "gflops": flops / t / 1e9,
+                         "cpu_seconds_per_epoch": statistics.median(cpu[name]) / steps * per_epoch}
     ref = results["reference"]["seconds_per_epoch"]
     out = {
         "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -409,8 +545,10 @@ def run_bench(steps=100, repeats=5, ensembles=(4, 16, 64), algorithms=("bp", "rb
         out["data_seconds_per_step"] = data_cost(ds, max(steps, 5), device)
         out["ratio_reference_cl_vs_reference"] = results["reference-cl"]["seconds_per_epoch"] / results[
             "reference"]["seconds_per_epoch"]
+    ref_cpu = results["reference"]["cpu_seconds_per_epoch"]
     for alg in algorithms:
         out[f"ratio_{alg}_vs_reference"] = results[alg]["seconds_per_epoch"] / ref
+        out[f"cpu_ratio_{alg}_vs_reference"] = results[alg]["cpu_seconds_per_epoch"] / ref_cpu
         if ensembles:
             best = min(ensembles, key=lambda K: results[f"{alg}x{K}"]["seconds_per_network_epoch"])
             out[f"ensemble_speedup_{alg}"] = (results[alg]["seconds_per_epoch"]
@@ -424,10 +562,13 @@ def run_bench(steps=100, repeats=5, ensembles=(4, 16, 64), algorithms=("bp", "rb
 
 def _table(out) -> str:
     ref = out["results"]["reference"]["seconds_per_epoch"]
-    lines = [f"{'variant':12s} {'s/epoch':>9s} {'s/network-epoch':>16s} {'vs reference':>13s} {'GFLOP/s':>8s}"]
+    ref_cpu = out["results"]["reference"]["cpu_seconds_per_epoch"]
+    lines = [f"{'variant':12s} {'s/epoch':>9s} {'s/network-epoch':>16s} {'vs reference':>13s} {'GFLOP/s':>8s} "
+             f"{'CPU vs ref':>11s}"]
     for name, r in out["results"].items():
         lines.append(f"{name:12s} {r['seconds_per_epoch']:9.3f} {r['seconds_per_network_epoch']:16.3f} "
-                     f"{r['seconds_per_network_epoch'] / ref:12.3f}x {r['gflops']:8.1f}")
+                     f"{r['seconds_per_network_epoch'] / ref:12.3f}x {r['gflops']:8.1f} "
+                     f"{r['cpu_seconds_per_epoch'] / r['ensemble'] / ref_cpu:10.3f}x")
     lines.append(f"matmul peak (1024^3 float32): {out['matmul_peak_gflops']:.1f} GFLOP/s; "
                  f"torch {out['torch']}, {out['threads']} threads, device {out['device']}, {out['data']} data, "
                  f"{out['model']}, {out['steps_per_epoch']} minibatches per epoch")
@@ -446,13 +587,17 @@ def _cmd_bench(args) -> int:
     if args.model in GRAPH_MODELS:
         algs = tuple(a.strip() for a in args.algorithms.split(",") if a.strip())
         for a in algs:
-            algorithm(a)
+            parse_variant(a)
         out = run_graph_bench(args.model, args.steps or 10, args.repeats, algs, args.device,
-                              log=(lambda m: print(m, file=sys.stderr)) if not args.quiet else (lambda m: None))
+                              log=(lambda m: print(m, file=sys.stderr)) if not args.quiet else (lambda m: None),
+                              batch=args.batch)
         print(_graph_table(out))
         if args.json:
             print(json.dumps(out))
         return 0
+    if args.batch is not None:
+        raise ConfigError(f"--batch applies to the autograd-path models ({', '.join(GRAPH_MODELS)}); "
+                          f"--model {args.model} trains with its protocol's minibatch")
     if args.ensembles is None:     # conv nets train one by one on CPU (docs/conv.md): no ensembles by default
         args.ensembles = "" if args.model == "convnet" else "4,16,64"
     if args.steps is None:
@@ -474,13 +619,19 @@ def register(sub):
     p = sub.add_parser("bench", help="time the learning channel against a plain PyTorch loop")
     p.add_argument("--model", default="mlp", choices=MODELS,
                    help="mlp: paper 1's MNIST network (default); convnet: its CIFAR-10 conv net and protocol; "
-                        "wide-mlp (784-2048x4-10 tanh, batch 256) and transformer (2 encoder layers, d=128, "
-                        "batch 64): rbp.convert in a plain PyTorch loop against the same plain model")
+                        "wide-mlp (784-2048x4-10 tanh, batch 256), transformer (2 encoder layers, d=128, "
+                        "batch 64), resnet18-cifar (torchvision's ResNet-18 layout, 32x32, batch 8) and gpt "
+                        "(decoder-only LM, vocabulary 8192, batch 8 x 64 tokens): rbp.convert in a plain "
+                        "PyTorch loop against the same plain model, with each variant's FLOP floor")
+    p.add_argument("--batch", type=int, default=None,
+                   help="minibatch of the autograd-path models (default: the model's, above)")
     p.add_argument("--steps", type=int, default=None, help="minibatches per timing (default 100; convnet 5; wide-mlp, transformer 10)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats; medians are reported")
     p.add_argument("--ensembles", default=None,
                    help="ensemble sizes to time (default 4,16,64; convnet none; empty for none)")
-    p.add_argument("--algorithms", default="bp,rbp,srbp")
+    p.add_argument("--algorithms", default="bp,rbp,srbp",
+                   help="comma-separated; on the autograd-path models a name may carry options, "
+                        "e.g. srbp:skip_projection=shared")
     p.add_argument("--device", default="cpu")
     p.add_argument("--data", default="synthetic", choices=DATA,
                    help="synthetic uniform inputs (default), the real MNIST training set (mlp) or the real "

@@ -382,3 +382,158 @@ def vit(in_channels: int = 1, image_size: int = 28, num_classes: int = 10, activ
                 uniform(p, p.shape[1], p.shape[0])
     model.input_shape = (in_channels, image_size, image_size)
     return model
+
+
+class _TorchvisionBlock(nn.Module):
+    """torchvision's BasicBlock: conv3x3 - BN - ReLU - conv3x3 - BN, plus the (projection) shortcut, ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu2 = nn.ReLU()
+        self.downsample = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+                           if stride != 1 or c_in != c_out else nn.Identity())
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(out + self.downsample(x))
+
+
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 layout, written here (no torchvision import): see :func:`resnet18`."""
+
+    def __init__(self, in_channels: int, num_classes: int, cifar_stem: bool):
+        super().__init__()
+        if cifar_stem:
+            self.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU()
+        stages, c = [], 64
+        for i, c_out in enumerate((64, 128, 256, 512)):
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(_TorchvisionBlock(c, c_out, stride), _TorchvisionBlock(c_out, c_out, 1)))
+            c = c_out
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.flatten(self.avgpool(x)))
+
+
+def resnet18(in_channels: int = 3, num_classes: int = 10, seed: int | None = None, *,
+             cifar_stem: bool = False) -> nn.Module:
+    """ResNet-18 (He et al. 2016) in torchvision's layout, from torch modules only.
+
+    Stem conv 7x7 / 2 (64) - BN - ReLU - max-pool 3x3 / 2, then four stages of two
+    basic blocks (64, 128, 256, 512 channels; the first block of stages 2-4 has
+    stride 2 and a 1x1 projection shortcut with batch norm), global average
+    pooling and a linear layer: 20 convolutions and 1 dense layer, 11.2 million
+    weights with 10 classes.  ``cifar_stem=True`` replaces the stem by a 3x3 / 1
+    convolution without the max-pool (the usual CIFAR variant: 16x the compute
+    per 32x32 image).  Weights as torchvision draws them (Kaiming normal, fan-out,
+    for the convolutions; PyTorch's default for the linear layer), from the
+    ``init`` stream of ``seed``; batch norm at scale 1, shift 0.
+    """
+    model = ResNet18(in_channels, num_classes, cifar_stem)
+    gen = generator(seed, "init")
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.Conv2d):
+                fan_out = mod.out_channels * mod.kernel_size[0] * mod.kernel_size[1]
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=gen).mul_((2.0 / fan_out) ** 0.5))
+            elif isinstance(mod, nn.Linear):
+                bound = 1.0 / mod.in_features ** 0.5
+                mod.weight.copy_(torch.rand(mod.weight.shape, generator=gen).mul_(2 * bound).sub_(bound))
+                mod.bias.copy_(torch.rand(mod.bias.shape, generator=gen).mul_(2 * bound).sub_(bound))
+    model.input_shape = (in_channels, 32, 32)
+    return model
+
+
+class _CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention: one (3d, d) projection for q, k, v, one (d, d) output projection."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, T, d = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, d))
+
+
+class _GPTBlock(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then x + MLP(LN(x)) (GELU, width 4d)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = _CausalSelfAttention(dim, heads)
+        self.ln2 = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.out = nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.out(self.act(self.fc(self.ln2(x))))
+
+
+class GPT(nn.Module):
+    """A small decoder-only language model (see :func:`gpt`)."""
+
+    def __init__(self, vocab: int, context: int, dim: int, depth: int, heads: int):
+        super().__init__()
+        self.context = context
+        self.tokens = nn.Embedding(vocab, dim)
+        self.position = nn.Embedding(context, dim)
+        self.blocks = nn.Sequential(*[_GPTBlock(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, idx):
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        return self.head(self.norm(self.blocks(self.tokens(idx) + self.position(pos))))
+
+
+def gpt(vocab: int = 8192, context: int = 64, dim: int = 128, depth: int = 4, heads: int = 4,
+        seed: int | None = None) -> nn.Module:
+    """A small GPT-style decoder (nanoGPT's layout) from torch modules only: logits (B, T, vocab).
+
+    Token and position embeddings, ``depth`` pre-norm blocks (causal attention with
+    ``heads`` heads through ``F.scaled_dot_product_attention``, a GELU MLP of width
+    4 ``dim``), a final LayerNorm and an untied linear head to the vocabulary.  Every
+    projection is an ``nn.Linear``; weights N(0, 0.02^2), biases zero, norms at 1, 0
+    (nanoGPT's initialisation), from the ``init`` stream of ``seed``.
+    """
+    for key, v in (("vocab", vocab), ("context", context), ("dim", dim), ("depth", depth), ("heads", heads)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {v!r}")
+    if dim % heads:
+        raise ConfigError(f"gpt: dim {dim} is not divisible by heads {heads}")
+    model = GPT(vocab, context, dim, depth, heads)
+    gen = generator(seed, "init")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif ".ln" in name or name.startswith("norm."):
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen).mul_(0.02))
+    return model
