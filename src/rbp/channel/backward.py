@@ -284,12 +284,12 @@ _MAGNITUDES: dict = {}
 def _uniform_magnitude(site, spec, fbk) -> torch.Tensor:
     """uSF's one magnitude for this site's feedback (0-dim): the site's own draw of sign-uniform
     feedback, times ``feedback_scale``, computed once per shape (the draw uses no random numbers)."""
-    shape = tuple(fbk.shape[1:] if site.ensemble else fbk.shape)
-    chained = route_of(site.algorithm).chained
+    shape = fbk.shape[1:] if site.ensemble else fbk.shape
     scale = site.algorithm.feedback_scale
-    key = (type(site), shape, chained, scale, fbk.dtype, fbk.device)
+    key = (type(site), shape, scale, fbk.dtype, fbk.device)
     m = _MAGNITUDES.get(key)
     if m is None:
+        chained = route_of(site.algorithm).chained     # always (sign-following feedback is the chained routes')
         one = torch.ones(shape, dtype=fbk.dtype, device=fbk.device)
         m = site.sample_feedback(spec, shape, chained=chained, generator=None, forward_sign=one,
                                  dtype=fbk.dtype, device=fbk.device).reshape(-1)[:1].clone()
