@@ -368,17 +368,20 @@ def graph_flops(name: str, algorithms, batch: int | None = None) -> dict:
 
 
 def run_graph_bench(model: str, steps=10, repeats=5, algorithms=("bp", "rbp", "srbp"), device="cpu",
-                    log=print, batch: int | None = None) -> dict:
+                    log=print, batch: int | None = None, retain_memory: bool = False) -> dict:
     """Step time of the converted model against the same plain model, same loop, same process.
 
     ``algorithms`` are names, optionally with options (:func:`parse_variant`).  Each variant's
-    FLOP floor (:func:`graph_flops`) is reported beside its measured ratio.
+    FLOP floor (:func:`graph_flops`) is reported beside its measured ratio.  ``retain_memory``
+    applies the conv trainer's allocator setting (:func:`rbp._malloc.retain_freed_memory`) to the
+    whole process, the plain model included.
     """
     if steps < 1 or repeats < 1:
         raise ConfigError("need steps >= 1 and repeats >= 1")
     if batch is not None and batch < 1:
         raise ConfigError(f"--batch must be at least 1, got {batch}")
     check_device(device)
+    allocator = bool(retain_memory and torch.device(device).type == "cpu" and retain_freed_memory())
     specs = {alg: parse_variant(alg) for alg in algorithms}
     variants = {"reference": _GraphLoop(model, None, device, batch=batch)}
     for alg, (name, options) in specs.items():
@@ -407,7 +410,7 @@ def run_graph_bench(model: str, steps=10, repeats=5, algorithms=("bp", "rbp", "s
     ref_cpu = results["reference"]["cpu_seconds_per_step"]
     out = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "machine": platform.processor() or platform.machine(), "steps": steps, "repeats": repeats,
-           "model": model, "batch": batch, "results": results}
+           "model": model, "batch": batch, "results": results, "allocator_retains_freed_memory": allocator}
     for alg in algorithms:
         out[f"ratio_{alg}_vs_reference"] = results[alg]["seconds_per_step"] / ref
         out[f"cpu_ratio_{alg}_vs_reference"] = results[alg]["cpu_seconds_per_step"] / ref_cpu
@@ -427,7 +430,8 @@ def _graph_table(out) -> str:
                      f"{floor:>11s}")
     lines.append(f"{out['model']}, minibatch {out['batch']}, autograd path (rbp.convert + torch.optim.SGD); "
                  f"torch {out['torch']}, {out['threads']} threads, device {out['device']}; FLOP floor: the "
-                 "variant's matrix-product FLOPs over the plain model's (elementwise work not counted)")
+                 "variant's matrix-product FLOPs over the plain model's (elementwise work not counted); "
+                 f"allocator keeps freed memory: {out.get('allocator_retains_freed_memory', False)}")
     return "\n".join(lines)
 
 
@@ -590,7 +594,7 @@ def _cmd_bench(args) -> int:
             parse_variant(a)
         out = run_graph_bench(args.model, args.steps or 10, args.repeats, algs, args.device,
                               log=(lambda m: print(m, file=sys.stderr)) if not args.quiet else (lambda m: None),
-                              batch=args.batch)
+                              batch=args.batch, retain_memory=args.retain_freed_memory)
         print(_graph_table(out))
         if args.json:
             print(json.dumps(out))
@@ -623,6 +627,9 @@ def register(sub):
                         "batch 64), resnet18-cifar (torchvision's ResNet-18 layout, 32x32, batch 8) and gpt "
                         "(decoder-only LM, vocabulary 8192, batch 8 x 64 tokens): rbp.convert in a plain "
                         "PyTorch loop against the same plain model, with each variant's FLOP floor")
+    p.add_argument("--retain-freed-memory", action="store_true",
+                   help="autograd-path models: keep freed large blocks in the process (the conv trainer's "
+                        "allocator setting, rbp._malloc), for every variant alike")
     p.add_argument("--batch", type=int, default=None,
                    help="minibatch of the autograd-path models (default: the model's, above)")
     p.add_argument("--steps", type=int, default=None, help="minibatches per timing (default 100; convnet 5; wide-mlp, transformer 10)")
