@@ -404,6 +404,8 @@ def run_graph_bench(model: str, steps=10, repeats=5, algorithms=("bp", "rbp", "s
     results = {name: {"algorithm": "bp" if name == "reference" else specs[name][0], "ensemble": 1,
                       "seconds_per_step": statistics.median(t) / steps,
                       "cpu_seconds_per_step": statistics.median(cpu[name]) / steps,
+                      # the median over repeats of this variant's CPU time over the reference's in the same round
+                      "cpu_paired_ratio": statistics.median(c / r for c, r in zip(cpu[name], cpu["reference"])),
                       "flop_floor": 1.0 if name == "reference" else floors[name]["floor"]}
                for name, t in times.items()}
     ref = results["reference"]["seconds_per_step"]
@@ -422,14 +424,15 @@ def _graph_table(out) -> str:
     ref_cpu = out["results"]["reference"]["cpu_seconds_per_step"]
     width = max(12, *(len(n) for n in out["results"]))
     lines = [f"{'variant':{width}s} {'ms/step':>9s} {'vs reference':>13s} {'CPU ms/step':>12s} {'CPU vs ref':>11s} "
-             f"{'FLOP floor':>11s}"]
+             f"{'paired':>8s} {'FLOP floor':>11s}"]
     for name, r in out["results"].items():
         floor = "n/a" if r.get("flop_floor") is None else f"{r['flop_floor']:.3f}x"
         lines.append(f"{name:{width}s} {1000 * r['seconds_per_step']:9.2f} {r['seconds_per_step'] / ref:12.3f}x "
                      f"{1000 * r['cpu_seconds_per_step']:12.2f} {r['cpu_seconds_per_step'] / ref_cpu:10.3f}x "
-                     f"{floor:>11s}")
+                     f"{r['cpu_paired_ratio']:7.3f}x {floor:>11s}")
     lines.append(f"{out['model']}, minibatch {out['batch']}, autograd path (rbp.convert + torch.optim.SGD); "
-                 f"torch {out['torch']}, {out['threads']} threads, device {out['device']}; FLOP floor: the "
+                 f"torch {out['torch']}, {out['threads']} threads, device {out['device']}; paired: median over "
+                 "repeats of the CPU time over the reference's in the same round; FLOP floor: the "
                  "variant's matrix-product FLOPs over the plain model's (elementwise work not counted); "
                  f"allocator keeps freed memory: {out.get('allocator_retains_freed_memory', False)}")
     return "\n".join(lines)
