@@ -147,21 +147,9 @@ def every_epoch(monkeypatch):
 def test_checkpoints_of_stored_runs_are_removed_and_an_ensemble_resumes(tmp_path, every_epoch):
     exp = _exp(tmp_path, epochs=3)
     out = tmp_path / "s"
-    calls = []
-
-    class Stop(Exception):
-        pass
-
     # stop a two-seed ensemble after its second epoch (from inside: the checkpoint is written first)
     import rbp.train as train_module
-    real = train_module.Trainer.train_epoch
-
-    def epoch(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise Stop
-        return real(self, *a, **k)
-
+    Stop, real, epoch = _stop_after(2)
     train_module.Trainer.train_epoch = epoch
     try:
         with pytest.raises(Stop):
