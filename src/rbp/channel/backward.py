@@ -42,7 +42,7 @@ import torch
 from ..errors import ConfigError
 from . import feedback as fb
 from .quantize import magnitude_count, quantize
-from .routes import route_of
+from .routes import add_scaled as _add, route_of
 from .transfer import TRANSFER
 
 
@@ -75,6 +75,8 @@ class Pass:
     started: bool = False                        # the backward pass has begun
     depth: int = 0                               # sites entered before the backward pass began
     projections: dict = field(default_factory=dict)  # shared skip matrix -> (error, matrix, error @ matrix)
+    shared_matrix: torch.Tensor | None = None    # skip_projection='shared': the whole matrix (compiled driver)
+    refreshed: bool = False                      # refreshed feedback was refreshed in the forward (compiled driver)
     _seen: set = field(default_factory=set, repr=False)
 
     def enter(self, site, x=None) -> int:
@@ -251,8 +253,11 @@ def _sign_or_magnitude(mode, grad, ensemble):
     return torch.sign(grad) * grad.abs().mean(dim=dims, keepdim=True)
 
 
-def feedback_matrix(site, weight, fbk, probe: bool = False):
-    """The matrix the signal travels through at this site (resampled if the algorithm says so)."""
+def feedback_matrix(site, weight, fbk, probe: bool = False, refreshed: bool = False):
+    """The matrix the signal travels through at this site (resampled if the algorithm says so).
+
+    ``refreshed``: the caller has refreshed it already in this pass (the compiled driver does so in the
+    forward, :func:`rbp.nn.compiled.refresh_feedback`)."""
     alg = site.algorithm
     if alg.symmetric:
         return weight
@@ -260,7 +265,7 @@ def feedback_matrix(site, weight, fbk, probe: bool = False):
     # resampled feedback draws new random numbers: a probe pass (diagnostics) leaves it as it is;
     # feedback that only follows the forward signs (uSF, frSF) is refreshed on a probe as well,
     # so the probe measures the matrix that the next step would use
-    if spec.refreshed and not (probe and spec.resampled):
+    if spec.refreshed and not (probe and spec.resampled) and not refreshed:
         with torch.no_grad():
             functorch = functorch_active()   # torch.func may not mutate a captured tensor: a new matrix then
             if spec.kind == "sign-fixed":          # frSF: fixed magnitudes, current signs
@@ -340,7 +345,6 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
     """
     alg = site.algorithm
     route = route_of(alg)
-    need_x, need_w, need_b, need_f = needs
     if not pas.started:
         pas.begin_backward()
     if pas.recomputed(position) and not route.recomputable:
@@ -348,13 +352,8 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
                           "signals between sites by their places in the forward pass, which a segment recomputed "
                           "during the backward pass does not keep; use torch.utils.checkpoint(..., "
                           "use_reentrant=False)")
-    # Mixed precision (autocast): the forward ran in a lower precision, the channel computes in the weight's
-    # dtype, and the signal goes back in the input's dtype.
     x_dtype = x.dtype
-    if g is not None and g.dtype != weight.dtype and g.is_floating_point():
-        g = g.to(weight.dtype)
-    if x.is_floating_point() and x.dtype != weight.dtype:
-        x = x.to(weight.dtype)
+    g, x = working_precision(g, x, weight)
     top = pas.is_top(position)
     if top:
         if pas.error is not None and route.needs_error:
@@ -366,6 +365,25 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
         route.check_output(site, g, fbk)
     elif g is None or not route.carries:
         return None, None, None, None
+    return channel_step(site, route, pas, position, g, x, x_dtype, weight, fbk, needs, top)
+
+
+def working_precision(g, x, weight):
+    """Mixed precision (autocast): the forward ran in a lower precision, and the channel computes in the
+    weight's dtype (the signal goes back in the input's dtype: :func:`channel_step`)."""
+    if g is not None and g.dtype != weight.dtype and g.is_floating_point():
+        g = g.to(weight.dtype)
+    if x.is_floating_point() and x.dtype != weight.dtype:
+        x = x.to(weight.dtype)
+    return g, x
+
+
+def channel_step(site, route, pas, position, g, x, x_dtype, weight, fbk, needs, top):
+    """The site's own part of :func:`site_backward` once the pass's bookkeeping is done: its update, the
+    adaptation of its feedback and the signal it sends below.  It changes nothing outside ``pas``, so the
+    compiled driver (:mod:`rbp.nn.compiled`) calls it with a pass of its own."""
+    alg = site.algorithm
+    need_x, need_w, need_b, need_f = needs
     scale = error_scale(alg, pas.rows)
     sends = (need_x or need_f) and route.carries
     src = route.source(site, pas, position, g, top, scale) if sends else None
@@ -378,9 +396,9 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
         gF = route.adaptation(site, src, g, x, gW, fbk, lam)
     if lam:
         if need_w and gW is not None and not getattr(site, "rbp_shares_weight", False):   # a tied weight: once
-            gW = gW.add_(weight, alpha=lam)       # in place: gW is the route's own new tensor
+            gW = _add(gW, weight, lam)
         if need_b and gb is not None:
-            gb = gb.add_(site.bias, alpha=lam)
+            gb = _add(gb, site.bias, lam)
     if need_x and route.carries:
         J = route.signal(site, pas, src, g, x, weight, fbk)
         J = backward_units(alg, J, scale)

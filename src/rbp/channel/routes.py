@@ -108,7 +108,7 @@ class Route:
         """
         rate = self.alg.adapt_rate
         if rate == 1.0:
-            return torch.add(gW, fbk, alpha=decay) if decay else gW.clone()
+            return add_scaled(gW, fbk, decay, inplace=False) if decay else gW.clone()
         return _decayed(gW * rate, fbk, decay)
 
     def signal(self, site, pas, src, g, x, weight, fbk):
@@ -148,7 +148,18 @@ class Route:
 
 def _decayed(gF, fbk, decay):
     """gF + decay x B, in place on the adaptation's own new tensor."""
-    return gF.add_(fbk, alpha=decay) if decay else gF
+    return add_scaled(gF, fbk, decay) if decay else gF
+
+
+def add_scaled(t, other, alpha, inplace: bool = True):
+    """t + alpha * other, in place on ``t`` (a route's own new tensor) unless ``inplace`` is False.
+
+    Traced for torch.compile it is out of place with the product formed first: torch 2.13's inductor
+    rewrites ``mm(a, b).add(c, alpha=lam)`` as ``addmm(c, a, b)`` and loses lam (tests/test_compile.py).
+    """
+    if torch.compiler.is_compiling():
+        return t + other * alpha
+    return t.add_(other, alpha=alpha) if inplace else torch.add(t, other, alpha=alpha)
 
 
 class Chain(Route):
@@ -160,7 +171,7 @@ class Chain(Route):
 
     def signal(self, site, pas, src, g, x, weight, fbk):
         from .backward import feedback_matrix
-        return site.grad_input(g, feedback_matrix(site, weight, fbk, pas.probe), x)
+        return site.grad_input(g, feedback_matrix(site, weight, fbk, pas.probe, pas.refreshed), x)
 
 
 class Product(Chain):
@@ -180,7 +191,7 @@ class Product(Chain):
 
     def signal(self, site, pas, src, g, x, weight, fbk):
         from .backward import feedback_matrix
-        return site.grad_input(src, feedback_matrix(site, weight, fbk, pas.probe), x)
+        return site.grad_input(src, feedback_matrix(site, weight, fbk, pas.probe, pas.refreshed), x)
 
     def deliver(self, pas, position, J):
         pas.signals[position - 1] = J
@@ -242,12 +253,16 @@ class Skip(Route):
         return _decayed(site.grad_skip(src, x).mul_(self.alg.adapt_rate), fbk, decay)
 
     def signal(self, site, pas, src, g, x, weight, fbk):
-        base = _leading_slice_of(fbk) if self.shares_projection else None
+        base = None
+        if self.shares_projection:
+            # the compiled driver names the whole matrix (a traced tensor has no _base to find it by)
+            base = pas.shared_matrix if pas.shared_matrix is not None else _leading_slice_of(fbk)
         if base is None:
             return site.skip(src, fbk, x)
-        done = pas.projections.get(id(base))
+        key = 0 if pas.shared_matrix is not None else id(base)
+        done = pas.projections.get(key)
         if done is None or done[0] is not src or done[1] is not base:
-            done = pas.projections[id(base)] = (src, base, src @ base)     # once per pass
+            done = pas.projections[key] = (src, base, src @ base)     # once per pass
         return site.skip_sliced(src, done[2], fbk, x)
 
     def mirror(self, sites, h):

@@ -72,12 +72,47 @@ class LearningChannel:
         self.output_size = output_size
         self.report = None               # the ConversionReport rbp.convert fills in
         self._pass: Pass | None = None
+        self._plan = None                # what the compiled driver knows (rbp.nn.compiled.Plan)
+        self._noted = None               # (sites in order, output positions) of the latest eager pass
 
     def begin_pass(self, *_):
+        if torch.compiler.is_compiling():
+            return
         self._pass = Pass()
 
+    def end_pass(self, *_):
+        """After an eager forward pass: note its structure for the compiled driver, when it changed."""
+        if torch.compiler.is_compiling():
+            return
+        pas = self._pass
+        if pas is None or not pas.graph or not pas.order:
+            return
+        noted = self._noted
+        if noted is not None and noted[0] == pas.order and noted[1] == pas.consumed:
+            return
+        self._noted = (list(pas.order), set(pas.consumed))
+        self._plan = None
+        self.compiled_plan()
+
+    def compiled_plan(self):
+        """The facts the compiled driver works from (:mod:`rbp.nn.compiled`); built outside the graph."""
+        plan = self._plan
+        if plan is None:
+            if torch.compiler.is_compiling():
+                raise ConfigError("rbp: the learning channel's plan for torch.compile was not built; run the "
+                                  "converted model once without compiling first")
+            from .compiled import Plan
+            plan = self._plan = Plan(self, self._noted_pass())
+        return plan
+
+    def _noted_pass(self):
+        if self._noted is None:
+            return None
+        pas = Pass(order=list(self._noted[0]), consumed=set(self._noted[1]), graph=True)
+        return pas
+
     def record_structure(self, module, inputs, output):
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
             self.current_pass().record(module, inputs[0])
 
     def current_pass(self) -> Pass:
@@ -589,7 +624,9 @@ def convert(model: nn.Module, algorithm: str | Algorithm, *, seed=None, output_s
                 if a.init_scale != 1.0:
                     w[k].mul_(a.init_scale)
     work.register_forward_pre_hook(channel.begin_pass)
+    work.register_forward_hook(channel.end_pass)
     _route_structure(alg, work, channel)
+    channel.compiled_plan()
     work.rbp_channel = channel
     channel.report = ConversionReport(alg, sites, plan, tied, hidden)
     if hidden:

@@ -141,6 +141,11 @@ class SiteInterface(abc.ABC):
     def materialize(self, x):
         """Draw a lazily sized feedback tensor from the first input this site sees."""
         if self._lazy_feedback is not None and self._lazy_feedback.wanted(x):
+            if torch.compiler.is_compiling():
+                from ..errors import ConfigError
+                raise ConfigError(f"the feedback of layer {getattr(self, 'rbp_name', self.kind)} is sized at its "
+                                  "first pass, which cannot happen inside a compiled graph: run the converted model "
+                                  "once with gradients before compiling it")
             make, self._lazy_feedback = self._lazy_feedback, None
             self.set_feedback(*make(self, x))
 
@@ -148,6 +153,9 @@ class SiteInterface(abc.ABC):
         """Run the forward map with the learning channel as its backward (:class:`SiteFunction`)."""
         if not torch.is_grad_enabled():
             return self.affine(x, weight, bias)
+        if torch.compiler.is_compiling():
+            from .compiled import compiled_call
+            return compiled_call(self, x, weight, bias, feedback)
         pas = self.channel.current_pass()
         # Under torch.func transforms the graph of wrapped tensors cannot be walked: the pass then takes
         # the last site to run as the output layer, as the fused driver does (docs/layers.md).
