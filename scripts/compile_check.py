@@ -2,7 +2,9 @@
 
 The wide MLP of `rbp bench --model wide-mlp` (784-2048x4-10 tanh, batch 256), one thread,
 CPU time per step after a warm-up that includes compilation; medians over repeats, interleaved.
-Usage: python scripts/compile_check.py [--repeats 5] [--steps 5] [--algorithms rbp,srbp]
+Compiled with fullgraph=True (the compiled driver, rbp/nn/compiled.py: one graph per model); a converted
+model takes one eager step first, where the channel notes its output layer.
+Usage: python scripts/compile_check.py [--repeats 5] [--steps 5] [--algorithms rbp,srbp] [--model wide-mlp|mlp]
 """
 import argparse
 import statistics
@@ -21,17 +23,22 @@ p.add_argument("--algorithms", default="rbp,srbp")
 p.add_argument("--model", default="wide-mlp")
 args = p.parse_args()
 torch.set_num_threads(1)
-shape, batch = {"wide-mlp": ((784,), 256), "transformer": ((32, 128), 64)}[args.model]
+shape, batch = {"wide-mlp": ((784,), 256), "mlp": ((784,), 128), "transformer": ((32, 128), 64)}[args.model]
 x = torch.randn(batch, *shape)
 y = torch.randint(0, 10, (batch,))
 
 
 def make(alg, compiled):
-    model = graph_model(args.model)
+    model = (torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(),
+                                 torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+             if args.model == "mlp" else graph_model(args.model))
     if alg != "plain":
         model = rbp.convert(model, alg, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    fwd = torch.compile(model) if compiled else model
+    if alg != "plain":
+        F.cross_entropy(model(x), y).backward()       # one eager pass: the channel notes the structure
+        model.zero_grad(set_to_none=True)
+    fwd = torch.compile(model, fullgraph=True) if compiled else model
 
     def run(n):
         for _ in range(n):

@@ -81,6 +81,16 @@ def _train(model, step_model, x, y, steps):
     return opt
 
 
+def _eager_then_compiled(eager, comp, x, y, steps, backend):
+    """One eager step each (the channel notes the structure), then ``steps`` more: ``comp`` compiled."""
+    _train(eager, eager, x, y, 1)
+    _train(comp, comp, x, y, 1)
+    torch._dynamo.reset()
+    compiled = torch.compile(comp, fullgraph=True, backend=backend)
+    _train(eager, eager, x, y, steps)
+    _train(comp, compiled, x, y, steps)
+
+
 def _compare(a, b, atol):
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
@@ -107,12 +117,7 @@ CASES = [("mlp", a, {}) for a in ("bp", "rbp", "srbp", "arbp", "asrbp", "kp", "w
 def test_fullgraph_steps_equal_eager(kind, alg, options):
     """Three optimizer steps: weights, feedback (adaptive, mirrored or sign-following) and grads as in eager."""
     eager, comp, x, y = _pair(kind, alg, **options)
-    _train(eager, eager, x, y, 1)             # the structure is noted on an eager step; the compiled copy too
-    _train(comp, comp, x, y, 1)
-    torch._dynamo.reset()
-    compiled = torch.compile(comp, fullgraph=True, backend="aot_eager")
-    _train(eager, eager, x, y, 3)
-    _train(comp, compiled, x, y, 3)
+    _eager_then_compiled(eager, comp, x, y, 3, "aot_eager")
     _compare(eager, comp, atol=1e-6)
 
 
@@ -121,13 +126,38 @@ def test_inductor_steps_equal_eager(alg):
     """The default backend.  Kolen-Pollack's decay, lambda W added to a matmul's result, was once lost in
     inductor's rewrite to addmm: the first layer's update was off by (1 - lambda) W."""
     eager, comp, x, y = _pair("mlp", alg)
-    _train(eager, eager, x, y, 1)
-    _train(comp, comp, x, y, 1)
-    torch._dynamo.reset()
-    compiled = torch.compile(comp, fullgraph=True)
-    _train(eager, eager, x, y, 2)
-    _train(comp, compiled, x, y, 2)
+    _eager_then_compiled(eager, comp, x, y, 2, "inductor")
     _compare(eager, comp, atol=1e-5)
+
+
+@pytest.mark.parametrize("alg", ["rbp", "srbp"])
+def test_autocast_compiled_equals_autocast_eager(alg):
+    """Mixed precision: under bfloat16 autocast the compiled step computes what the eager one does."""
+    eager, comp, x, y = _pair("mlp", alg)
+    _eager_then_compiled(eager, comp, x, y, 0, "aot_eager")
+    compiled = torch.compile(comp, fullgraph=True, backend="aot_eager")
+    for model, run in ((eager, eager), (comp, compiled)):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _loss(run(x), y).backward()
+    for p, q in zip(eager.parameters(), comp.parameters()):
+        assert p.grad.dtype == torch.float32 and torch.equal(p.grad, q.grad)
+
+
+def test_a_second_model_compiled_in_the_same_process():
+    """No dynamo reset between two converted models whose decay differs (0, then Kolen-Pollack's): dynamo made
+    the changed float a symbolic input, which a traced backward could not lift, until the channel read its
+    coefficients as constants."""
+    torch._dynamo.reset()
+    for alg in ("rbp", "kp"):
+        eager, comp, x, y = _pair("mlp", alg)
+        for m in (eager, comp):
+            _loss(m(x), y).backward()
+            m.zero_grad()
+        compiled = torch.compile(comp, fullgraph=True, backend="aot_eager")
+        _loss(eager(x), y).backward()
+        _loss(compiled(x), y).backward()
+        _compare(eager, comp, atol=1e-6)
 
 
 def test_one_graph_for_the_whole_model():
@@ -151,12 +181,7 @@ def test_resnet18_compiles_with_rbp():
     a = rbp.convert(copy.deepcopy(base), "srbp", seed=1, example_input=x)
     b = rbp.convert(copy.deepcopy(base), "srbp", seed=1, example_input=x)
     a.eval(), b.eval()                         # batch norm's running statistics out of the comparison
-    _train(a, a, x, y, 1)
-    _train(b, b, x, y, 1)
-    torch._dynamo.reset()
-    compiled = torch.compile(b, fullgraph=True, backend="aot_eager")
-    _train(a, a, x, y, 1)
-    _train(b, compiled, x, y, 1)
+    _eager_then_compiled(a, b, x, y, 1, "aot_eager")
     _compare(a, b, atol=1e-5)
 
 

@@ -42,7 +42,7 @@ import torch
 from ..errors import ConfigError
 from . import feedback as fb
 from .quantize import magnitude_count, quantize
-from .routes import add_scaled as _add, route_of
+from .routes import add_scaled, route_of, setting
 from .transfer import TRANSFER
 
 
@@ -365,7 +365,7 @@ def site_backward(site, pas: Pass, position: int, g, x, weight, fbk, needs):
         route.check_output(site, g, fbk)
     elif g is None or not route.carries:
         return None, None, None, None
-    return channel_step(site, route, pas, position, g, x, x_dtype, weight, fbk, needs, top)
+    return channel_step(site, route, pas, position, g, x, x_dtype, weight, site.bias, fbk, needs, top)
 
 
 def working_precision(g, x, weight):
@@ -378,10 +378,12 @@ def working_precision(g, x, weight):
     return g, x
 
 
-def channel_step(site, route, pas, position, g, x, x_dtype, weight, fbk, needs, top):
+def channel_step(site, route, pas, position, g, x, x_dtype, weight, bias, fbk, needs, top):
     """The site's own part of :func:`site_backward` once the pass's bookkeeping is done: its update, the
     adaptation of its feedback and the signal it sends below.  It changes nothing outside ``pas``, so the
-    compiled driver (:mod:`rbp.nn.compiled`) calls it with a pass of its own."""
+    compiled driver (:mod:`rbp.nn.compiled`) calls it with a pass of its own (and passes every tensor it
+    reads: a module's attribute read inside a traced backward is a captured tensor dynamo does not lift
+    reliably)."""
     alg = site.algorithm
     need_x, need_w, need_b, need_f = needs
     scale = error_scale(alg, pas.rows)
@@ -391,14 +393,14 @@ def channel_step(site, route, pas, position, g, x, x_dtype, weight, fbk, needs, 
     gW = gb = gF = J = None
     if need_w or need_b or (need_f and route.adapts_from_update):
         gW, gb = route.weight_update(site, g, x, top, scale, pas, fbk)
-    lam = alg.weight_decay      # one decay for the forward weights and the adaptive feedback (Kolen-Pollack)
+    lam = setting(alg, "weight_decay")      # one decay for the forward weights and the adaptive feedback (Kolen-Pollack)
     if need_f:
         gF = route.adaptation(site, src, g, x, gW, fbk, lam)
     if lam:
         if need_w and gW is not None and not getattr(site, "rbp_shares_weight", False):   # a tied weight: once
-            gW = _add(gW, weight, lam)
+            gW = add_scaled(gW, weight, lam)
         if need_b and gb is not None:
-            gb = _add(gb, site.bias, lam)
+            gb = add_scaled(gb, bias, lam)
     if need_x and route.carries:
         J = route.signal(site, pas, src, g, x, weight, fbk)
         J = backward_units(alg, J, scale)

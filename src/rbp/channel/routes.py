@@ -33,6 +33,22 @@ import torch
 from ..errors import ConfigError
 
 
+def setting(alg, name: str):
+    """``getattr(alg, name)``, which dynamo takes as a constant of the graph.
+
+    Algorithms are immutable, but dynamo (``specialize_float=False``) makes a float it read a symbolic input
+    when a recompilation sees another value (a second converted model compiled in one process), and lifting
+    that input into a traced backward fails (torch 2.13); the compiled driver's arithmetic reads its
+    coefficients through here.
+    """
+    return getattr(alg, name)
+
+
+# what torch._dynamo.assume_constant_result does, without importing dynamo (2.5 s) with rbp; should torch
+# rename the mark, tests/test_compile.py::test_a_second_model_compiled_in_the_same_process fails
+setting._dynamo_marked_constant = True
+
+
 class Route:
     """The part of an algorithm that says how the error reaches hidden layer h."""
 
@@ -106,7 +122,7 @@ class Route:
         On the chained route this is rate x the forward update; at Kolen-Pollack's rate 1
         the decayed gradient dW + lambda B is one pass over the weights.
         """
-        rate = self.alg.adapt_rate
+        rate = setting(self.alg, "adapt_rate")
         if rate == 1.0:
             return add_scaled(gW, fbk, decay, inplace=False) if decay else gW.clone()
         return _decayed(gW * rate, fbk, decay)
@@ -187,7 +203,7 @@ class Product(Chain):
         return g if top else pas.through_structure(position, pas.signals.pop(position))
 
     def adaptation(self, site, src, g, x, gW, fbk=None, decay=0.0):
-        return _decayed(site.grad_weight(src, x).mul_(self.alg.adapt_rate), fbk, decay)
+        return _decayed(site.grad_weight(src, x).mul_(setting(self.alg, "adapt_rate")), fbk, decay)
 
     def signal(self, site, pas, src, g, x, weight, fbk):
         from .backward import feedback_matrix
@@ -250,7 +266,7 @@ class Skip(Route):
         return pas.error
 
     def adaptation(self, site, src, g, x, gW, fbk=None, decay=0.0):
-        return _decayed(site.grad_skip(src, x).mul_(self.alg.adapt_rate), fbk, decay)
+        return _decayed(site.grad_skip(src, x).mul_(setting(self.alg, "adapt_rate")), fbk, decay)
 
     def signal(self, site, pas, src, g, x, weight, fbk):
         base = None

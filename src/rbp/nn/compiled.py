@@ -187,19 +187,22 @@ class CompiledSite(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, _, fbk, site, plan, top, fed, *fed_tensors = inputs
+        x, weight, bias, fbk, site, plan, top, fed, *fed_tensors = inputs
         ctx.site, ctx.plan, ctx.top, ctx.fed = site, plan, top, fed
-        ctx.has_fbk = fbk is not None
+        ctx.has_bias, ctx.has_fbk = bias is not None, fbk is not None
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, weight, *([fbk] if fbk is not None else []), *fed_tensors)
+        ctx.save_for_backward(x, weight, *[t for t in (bias, fbk) if t is not None], *fed_tensors)
 
     @staticmethod
     def backward(ctx, g):
         site, plan, top = ctx.site, ctx.plan, ctx.top
         saved = ctx.saved_tensors
         x, weight = saved[0], saved[1]
-        fbk = saved[2] if ctx.has_fbk else None
-        fed_tensors = saved[3 if ctx.has_fbk else 2:]
+        k = 2
+        bias = saved[k] if ctx.has_bias else None
+        k += ctx.has_bias
+        fbk = saved[k] if ctx.has_fbk else None
+        fed_tensors = saved[k + ctx.has_fbk:]
         tail = (None,) * (4 + len(fed_tensors))       # site, plan, top, fed, then the fed tensors' slots
         if g is None:
             return (None, None, None, None) + tail
@@ -218,7 +221,7 @@ class CompiledSite(torch.autograd.Function):
                 pas.shared_matrix = widest
         elif plan.skip:            # a hidden site of the skipped route: the output site sends its signal
             needs = (False, needs[1], needs[2], False)
-        J, gW, gb, gF = channel_step(site, plan.route, pas, 0, g, x, x_dtype, weight, fbk, needs, top)
+        J, gW, gb, gF = channel_step(site, plan.route, pas, 0, g, x, x_dtype, weight, bias, fbk, needs, top)
         extra = list(fed_tensors)
         grads = [None] * len(extra)
         for s, ix, ic in ctx.fed:                 # the hidden sites of the skipped route
@@ -227,7 +230,7 @@ class CompiledSite(torch.autograd.Function):
             need_x = ctx.needs_input_grad[0] if ix < 0 else ctx.needs_input_grad[8 + ix]
             xi_dtype = saved[0].dtype if ix < 0 else xi.dtype
             _, xi = working_precision(None, xi, ci)
-            Ji, _, _, gCi = channel_step(s, plan.route, pas, 0, None, xi, xi_dtype, ci, ci,
+            Ji, _, _, gCi = channel_step(s, plan.route, pas, 0, None, xi, xi_dtype, ci, None, ci,
                                          (need_x, False, False, ctx.needs_input_grad[8 + ic]), False)
             if ix < 0:
                 J = Ji if J is None else J + Ji
