@@ -148,3 +148,23 @@ def test_the_bench_models_are_built_in_house():
     import rbp.models
     source = inspect.getsource(rbp.models)
     assert "import torchvision" not in source and "from torchvision" not in source
+
+
+def test_bench_compile_times_every_variant_compiled_against_the_compiled_plain_model(capsys):
+    """`rbp bench --compile`: one fullgraph compile per variant (a graph break would fail the run), the
+    ratios against the compiled plain model, the eager plain model beside them; the trainer's models refuse
+    the flag in one line."""
+    import torch
+    threads = torch.get_num_threads()
+    try:
+        assert main(["bench", "--model", "narrow-mlp", "--compile", "--steps", "1", "--repeats", "1",
+                     "--threads", "1", "--algorithms", "rbp", "--json", "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["compiled"] is True and set(res["results"]) == {"reference", "reference-eager", "rbp"}
+    assert "torch.compile(fullgraph=True)" in out and res["cpu_ratio_rbp_vs_reference"] > 0
+    code = main(["bench", "--model", "mlp", "--compile", "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err and "--compile" in err

@@ -51,9 +51,9 @@ from .train import TrainSpec, Trainer, check_device
 
 N_TRAIN, BATCH = 60000, 100
 CIFAR_TRAIN, CIFAR_BATCH = 50000, 128
-MODELS = ("mlp", "convnet", "wide-mlp", "transformer", "resnet18-cifar", "gpt")
+MODELS = ("mlp", "convnet", "wide-mlp", "narrow-mlp", "transformer", "resnet18-cifar", "gpt")
 # timed on the autograd path: rbp.convert in a plain loop
-GRAPH_MODELS = ("wide-mlp", "transformer", "resnet18-cifar", "gpt")
+GRAPH_MODELS = ("wide-mlp", "narrow-mlp", "transformer", "resnet18-cifar", "gpt")
 
 
 def synthetic_mnist(device="cpu", seed=0) -> Dataset:
@@ -196,7 +196,8 @@ class _ConvOurs:
 def graph_model(name: str, seed: int = 0) -> nn.Module:
     """The plain PyTorch models the autograd path is timed on (issue figures, docs/performance.md).
 
-    ``wide-mlp``: 784-2048x4-10 tanh; ``transformer``: a 2-layer ``nn.TransformerEncoder``
+    ``wide-mlp``: 784-2048x4-10 tanh; ``narrow-mlp``: 784-256x3-10 ReLU (the small MLP that compiling
+    with and without the channel was first measured on); ``transformer``: a 2-layer ``nn.TransformerEncoder``
     (d = 128, 4 heads, feed-forward 512, batch-first) over 32 tokens, mean-pooled, linear head;
     ``resnet18-cifar``: torchvision's ResNet-18 layout (:func:`rbp.models.resnet18`, built here)
     with 10 classes on 32 x 32 images; ``gpt``: a decoder-only language model
@@ -216,6 +217,9 @@ def graph_model(name: str, seed: int = 0) -> nn.Module:
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers += [nn.Linear(a, b)] + ([nn.Tanh()] if i < len(sizes) - 2 else [])
         return nn.Sequential(*layers)
+    if name == "narrow-mlp":
+        return nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                             nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
     if name == "transformer":
         return _TokenClassifier()
     raise ConfigError(f"no graph model {name!r}")
@@ -236,7 +240,7 @@ class _TokenClassifier(nn.Module):
 
 GPT_VOCAB, GPT_CONTEXT = 8192, 64
 # input per example, default minibatch
-GRAPH_SHAPES = {"wide-mlp": ((784,), 256), "transformer": ((32, 128), 64), "resnet18-cifar": ((3, 32, 32), 8),
+GRAPH_SHAPES = {"wide-mlp": ((784,), 256), "narrow-mlp": ((784,), 128), "transformer": ((32, 128), 64), "resnet18-cifar": ((3, 32, 32), 8),
                 "gpt": ((GPT_CONTEXT,), 8)}
 
 
@@ -245,9 +249,14 @@ class _GraphLoop:
 
     Classifiers get Gaussian inputs and 10 classes; ``gpt`` gets random token sequences and the
     next-token loss (cross-entropy at every position).
+
+    ``compile``: the step's model is ``torch.compile(model, fullgraph=True)`` (inductor), so a
+    graph break is an error, not a silent slowdown.  A converted model first takes one eager
+    forward and backward pass (gradients then cleared, weights untouched): the channel notes
+    there which site is the output layer, which the compiled driver reads (rbp/nn/compiled.py).
     """
 
-    def __init__(self, name, alg, device, seed=0, batch=None, options=None):
+    def __init__(self, name, alg, device, seed=0, batch=None, options=None, compile=False):
         shape, default = GRAPH_SHAPES[name]
         self.batch = batch or default
         model = graph_model(name, seed).to(device)
@@ -266,6 +275,14 @@ class _GraphLoop:
             self.x = torch.randn(n, *shape, generator=g).to(device)
             self.y = torch.randint(0, 10, (n,), generator=g).to(device)
         self.i = 0
+        if compile:
+            if alg is not None:
+                self._loss(self.model(self.x[:self.batch]), self.y[:self.batch]).backward()
+                self.model.zero_grad(set_to_none=True)
+            self.model = torch.compile(self.model, fullgraph=True)
+
+    def _loss(self, out, y):
+        return F.cross_entropy(out.flatten(0, -2) if self.lm else out, y.flatten() if self.lm else y)
 
     def run(self, steps):
         for _ in range(steps):
@@ -273,8 +290,7 @@ class _GraphLoop:
             self.i += 1
             x, y = self.x[k * self.batch:(k + 1) * self.batch], self.y[k * self.batch:(k + 1) * self.batch]
             self.opt.zero_grad(set_to_none=True)
-            out = self.model(x)
-            F.cross_entropy(out.flatten(0, -2) if self.lm else out, y.flatten() if self.lm else y).backward()
+            self._loss(self.model(x), y).backward()
             self.opt.step()
 
 
@@ -368,8 +384,13 @@ def graph_flops(name: str, algorithms, batch: int | None = None) -> dict:
 
 
 def run_graph_bench(model: str, steps=10, repeats=5, algorithms=("bp", "rbp", "srbp"), device="cpu",
-                    log=print, batch: int | None = None, retain_memory: bool = False) -> dict:
+                    log=print, batch: int | None = None, retain_memory: bool = False, compile: bool = False) -> dict:
     """Step time of the converted model against the same plain model, same loop, same process.
+
+    ``compile``: every variant is timed compiled (``torch.compile(..., fullgraph=True)``) and the
+    ratios are against the compiled plain model; the eager plain model is timed beside them as
+    ``reference-eager``, so what compiling gains is in the same table.  The warm-up step, which
+    compiles, is not timed.
 
     ``algorithms`` are names, optionally with options (:func:`parse_variant`).  Each variant's
     FLOP floor (:func:`graph_flops`) is reported beside its measured ratio.  ``retain_memory``
@@ -383,9 +404,11 @@ def run_graph_bench(model: str, steps=10, repeats=5, algorithms=("bp", "rbp", "s
     check_device(device)
     allocator = bool(retain_memory and torch.device(device).type == "cpu" and retain_freed_memory())
     specs = {alg: parse_variant(alg) for alg in algorithms}
-    variants = {"reference": _GraphLoop(model, None, device, batch=batch)}
+    variants = {"reference": _GraphLoop(model, None, device, batch=batch, compile=compile)}
+    if compile:
+        variants["reference-eager"] = _GraphLoop(model, None, device, batch=batch)
     for alg, (name, options) in specs.items():
-        variants[alg] = _GraphLoop(model, name, device, batch=batch, options=options)
+        variants[alg] = _GraphLoop(model, name, device, batch=batch, options=options, compile=compile)
     for runner in variants.values():      # warm up (and size anything lazy)
         runner.run(2)
     times = {name: [] for name in variants}
@@ -401,18 +424,19 @@ def run_graph_bench(model: str, steps=10, repeats=5, algorithms=("bp", "rbp", "s
         log(f"repeat {r + 1}/{repeats} done")
     batch = variants["reference"].batch
     floors = graph_flops(model, algorithms, batch)
-    results = {name: {"algorithm": "bp" if name == "reference" else specs[name][0], "ensemble": 1,
+    results = {name: {"algorithm": "bp" if name.startswith("reference") else specs[name][0], "ensemble": 1,
                       "seconds_per_step": statistics.median(t) / steps,
                       "cpu_seconds_per_step": statistics.median(cpu[name]) / steps,
                       # the median over repeats of this variant's CPU time over the reference's in the same round
                       "cpu_paired_ratio": statistics.median(c / r for c, r in zip(cpu[name], cpu["reference"])),
-                      "flop_floor": 1.0 if name == "reference" else floors[name]["floor"]}
+                      "flop_floor": 1.0 if name.startswith("reference") else floors[name]["floor"]}
                for name, t in times.items()}
     ref = results["reference"]["seconds_per_step"]
     ref_cpu = results["reference"]["cpu_seconds_per_step"]
     out = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "machine": platform.processor() or platform.machine(), "steps": steps, "repeats": repeats,
-           "model": model, "batch": batch, "results": results, "allocator_retains_freed_memory": allocator}
+           "model": model, "batch": batch, "results": results, "allocator_retains_freed_memory": allocator,
+           "compiled": bool(compile)}
     for alg in algorithms:
         out[f"ratio_{alg}_vs_reference"] = results[alg]["seconds_per_step"] / ref
         out[f"cpu_ratio_{alg}_vs_reference"] = results[alg]["cpu_seconds_per_step"] / ref_cpu
@@ -430,7 +454,9 @@ def _graph_table(out) -> str:
         lines.append(f"{name:{width}s} {1000 * r['seconds_per_step']:9.2f} {r['seconds_per_step'] / ref:12.3f}x "
                      f"{1000 * r['cpu_seconds_per_step']:12.2f} {r['cpu_seconds_per_step'] / ref_cpu:10.3f}x "
                      f"{r['cpu_paired_ratio']:7.3f}x {floor:>11s}")
-    lines.append(f"{out['model']}, minibatch {out['batch']}, autograd path (rbp.convert + torch.optim.SGD); "
+    how = ("every variant but reference-eager under torch.compile(fullgraph=True), ratios against the compiled "
+           "plain model; " if out.get("compiled") else "")
+    lines.append(f"{out['model']}, minibatch {out['batch']}, autograd path (rbp.convert + torch.optim.SGD); {how}"
                  f"torch {out['torch']}, {out['threads']} threads, device {out['device']}; paired: median over "
                  "repeats of the CPU time over the reference's in the same round; FLOP floor: the "
                  "variant's matrix-product FLOPs over the plain model's (elementwise work not counted); "
@@ -597,11 +623,14 @@ def _cmd_bench(args) -> int:
             parse_variant(a)
         out = run_graph_bench(args.model, args.steps or 10, args.repeats, algs, args.device,
                               log=(lambda m: print(m, file=sys.stderr)) if not args.quiet else (lambda m: None),
-                              batch=args.batch, retain_memory=args.retain_freed_memory)
+                              batch=args.batch, retain_memory=args.retain_freed_memory, compile=args.compile)
         print(_graph_table(out))
         if args.json:
             print(json.dumps(out))
         return 0
+    if args.compile:
+        raise ConfigError(f"--compile applies to the autograd-path models ({', '.join(GRAPH_MODELS)}); "
+                          f"--model {args.model} is timed in rbp's own trainer, which is not compiled")
     if args.batch is not None:
         raise ConfigError(f"--batch applies to the autograd-path models ({', '.join(GRAPH_MODELS)}); "
                           f"--model {args.model} trains with its protocol's minibatch")
@@ -626,16 +655,19 @@ def register(sub):
     p = sub.add_parser("bench", help="time the learning channel against a plain PyTorch loop")
     p.add_argument("--model", default="mlp", choices=MODELS,
                    help="mlp: paper 1's MNIST network (default); convnet: its CIFAR-10 conv net and protocol; "
-                        "wide-mlp (784-2048x4-10 tanh, batch 256), transformer (2 encoder layers, d=128, "
-                        "batch 64), resnet18-cifar (torchvision's ResNet-18 layout, 32x32, batch 8) and gpt "
+                        "wide-mlp (784-2048x4-10 tanh, batch 256), narrow-mlp (784-256x3-10 ReLU, batch 128), "
+                        "transformer (2 encoder layers, d=128, batch 64), resnet18-cifar (torchvision's ResNet-18 layout, 32x32, batch 8) and gpt "
                         "(decoder-only LM, vocabulary 8192, batch 8 x 64 tokens): rbp.convert in a plain "
                         "PyTorch loop against the same plain model, with each variant's FLOP floor")
     p.add_argument("--retain-freed-memory", action="store_true",
                    help="autograd-path models: keep freed large blocks in the process (the conv trainer's "
                         "allocator setting, rbp._malloc), for every variant alike")
+    p.add_argument("--compile", action="store_true",
+                   help="autograd-path models: time every variant under torch.compile(model, fullgraph=True) "
+                        "(inductor) against the compiled plain model, with the eager plain model beside them")
     p.add_argument("--batch", type=int, default=None,
                    help="minibatch of the autograd-path models (default: the model's, above)")
-    p.add_argument("--steps", type=int, default=None, help="minibatches per timing (default 100; convnet 5; wide-mlp, transformer 10)")
+    p.add_argument("--steps", type=int, default=None, help="minibatches per timing (default 100; convnet 5; the autograd-path models 10)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats; medians are reported")
     p.add_argument("--ensembles", default=None,
                    help="ensemble sizes to time (default 4,16,64; convnet none; empty for none)")
