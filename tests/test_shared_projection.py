@@ -189,3 +189,25 @@ def test_its_cost_is_one_product_of_the_widest_width():
     floors = graph_flops("gpt", ("srbp", "srbp:skip_projection=shared"))
     assert floors["srbp:skip_projection=shared"]["floor"] < floors["srbp"]["floor"]
     assert rbp.algorithm("srbp", skip_projection="shared").describe() == "srbp[shared projection]"
+
+
+def test_the_sites_share_one_matrix_again_after_a_dtype_or_device_change():
+    """Module.to / .double() convert every buffer on its own; the next pass makes the slices views of one
+    matrix again, with the same values and the same gradients as the per-layer route."""
+    model = rbp.convert(_mlp().float(), "srbp", skip_projection="shared", seed=1)
+    model.double()
+    fb = [s.feedback for s in model.rbp_channel.sites if s.feedback is not None]
+    assert len({f.untyped_storage().data_ptr() for f in fb}) == len(fb)      # copied apart by .double()
+    x, y = torch.randn(9, SIZES[0], dtype=torch.float64), torch.randint(0, SIZES[-1], (9,))
+    got = _grads(model, x, y)
+    fb = [s.feedback for s in model.rbp_channel.sites if s.feedback is not None]
+    assert len({f.untyped_storage().data_ptr() for f in fb}) == 1 and all(f.dtype == torch.float64 for f in fb)
+    own = _own_with_slices(model, rbp.convert(_mlp(), "srbp", seed=1))
+    assert_grads_equal(got, _grads(own, x, y), tol=1e-12)
+    # a slice changed on its own is not silently replaced by the widest matrix's columns
+    model.float()
+    fb = [s.feedback for s in model.rbp_channel.sites if s.feedback is not None]
+    with torch.no_grad():
+        fb[0].add_(1.0)
+    with pytest.raises(rbp.ConfigError, match="first columns"):
+        model(x.float())

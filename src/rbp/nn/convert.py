@@ -74,11 +74,43 @@ class LearningChannel:
         self._pass: Pass | None = None
         self._plan = None                # what the compiled driver knows (rbp.nn.compiled.Plan)
         self._noted = None               # (sites in order, output positions) of the latest eager pass
+        self._shared_whole = None        # skip_projection='shared': the one matrix the sites' buffers view
 
     def begin_pass(self, *_):
         if torch.compiler.is_compiling():
             return
         self._pass = Pass()
+        if self.algorithm.skip_projection == "shared":
+            self.retie_shared_projection()
+
+    def retie_shared_projection(self):
+        """Make every site's skip matrix a view of one matrix again, if something copied them apart.
+
+        ``skip_projection='shared'`` holds one N_L x d_max matrix whose leading columns are the
+        sites' feedback buffers.  ``Module.to(dtype or device)``, ``.half()``, ``.double()`` and the
+        like convert every buffer on its own, so afterwards each site holds a copy: the values, and
+        so the updates, are still right, but the channel holds L matrices again and computes L
+        products.  The copies are equal slices of the widest one, which becomes the one matrix.
+        """
+        fb = [(s, s.feedback) for s in self.sites if s.receives_feedback and s.feedback is not None]
+        if len(fb) < 2:
+            return
+        whole = self._shared_whole
+        if whole is not None and all(f._base is whole for _, f in fb):
+            return
+        widest = max((f for _, f in fb), key=lambda f: f.shape[-1])
+        whole = widest if widest._base is None else widest._base
+        if any(f.shape[:-1] != whole.shape[:-1] or f.shape[-1] > whole.shape[-1] for _, f in fb):
+            return                   # not the layout rbp.convert made (a user-loaded matrix): leave it
+        self._shared_whole = whole
+        for site, f in fb:
+            if f._base is not whole:
+                view = whole[..., :f.shape[-1]]
+                if not torch.equal(view, f):
+                    raise ConfigError(f"skip_projection='shared': layer {getattr(site, 'rbp_name', site.kind)}'s "
+                                      "skip matrix is not the first columns of the widest one (was it loaded or "
+                                      "changed on its own?); the shared projection would change its updates")
+                site.set_feedback(view, adaptive=False)
 
     def end_pass(self, *_):
         """After an eager forward pass: note its structure for the compiled driver, when it changed."""
