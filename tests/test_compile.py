@@ -44,8 +44,23 @@ class _Residual(nn.Module):
         return self.head(h)
 
 
+class _Encoder(nn.Module):
+    """torch's TransformerEncoder (nn.MultiheadAttention sites), mean-pooled, linear head: the transformer bench."""
+
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.head(self.encoder(x).mean(1))
+
+
 def _data(kind, n=6):
     g = torch.Generator().manual_seed(1)
+    if kind == "encoder":
+        return torch.randn(n, 4, 16, generator=g), torch.randint(0, 5, (n,), generator=g)
     if kind == "cnn":
         return torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 5, (n,), generator=g)
     if kind == "gpt":
@@ -58,7 +73,7 @@ def _loss(out, y):
     return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
-BUILD = {"mlp": _mlp, "cnn": _cnn, "residual": _Residual,
+BUILD = {"mlp": _mlp, "cnn": _cnn, "residual": _Residual, "encoder": _Encoder,
          "gpt": lambda: gpt(vocab=64, context=8, dim=16, depth=2, heads=2, seed=0)}
 
 
@@ -109,6 +124,7 @@ CASES = [("mlp", a, {}) for a in ("bp", "rbp", "srbp", "arbp", "asrbp", "kp", "w
     ("residual", "kp", {}),
     ("cnn", "rbp", {}), ("cnn", "srbp", {}), ("cnn", "kp", {}), ("cnn", "usf", {}),
     ("gpt", "rbp", {}), ("gpt", "srbp", {"skip_projection": "shared"}), ("gpt", "kp", {}),
+    ("encoder", "rbp", {}), ("encoder", "srbp", {}), ("encoder", "kp", {}), ("encoder", "usf", {}),
 ]
 
 
