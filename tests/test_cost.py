@@ -116,3 +116,20 @@ def test_cost_command_takes_a_distinct_backward_network(capsys):
     assert row["channel"] == 16_000   # the hand count of test_deeper_distinct_network_hand_count above
     assert main(["cost", "--backward-hidden", "5"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_cost_takes_options_after_the_name(capsys):
+    """`rbp cost -a srbp:skip_projection=shared`: one projection with the widest layer's matrix instead of one per
+    layer; a malformed or unknown option is one line and exit 2."""
+    import json as _json
+    from rbp.cli import main as _main
+    sizes = "128,512,256,512,8192"
+    assert _main(["cost", "--sizes", sizes, "-a", "srbp:skip_projection=shared", "--json"]) == 0
+    shared = _json.loads(capsys.readouterr().out)["algorithms"][0]
+    assert _main(["cost", "--sizes", sizes, "-a", "srbp", "--json"]) == 0
+    own = _json.loads(capsys.readouterr().out)["algorithms"][0]
+    assert shared["channel"] == 8192 * 512 and own["channel"] == 8192 * (512 + 256 + 512)
+    for bad in ("srbp:bogus=1", "rbp:x"):
+        assert _main(["cost", "-a", bad]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from . import augment as augmentation
 from ._malloc import retain_freed_memory
-from .channel.algorithm import Algorithm, algorithm
+from .channel.algorithm import Algorithm, algorithm, parse_variant
 from .channel.routes import route_of
 from .data import Dataset
 from .errors import ConfigError
@@ -292,25 +292,6 @@ class _GraphLoop:
             self.opt.zero_grad(set_to_none=True)
             self._loss(self.model(x), y).backward()
             self.opt.step()
-
-
-def parse_variant(text: str) -> tuple[str, dict]:
-    """``"srbp:skip_projection=shared"`` -> ("srbp", {"skip_projection": "shared"}); options as ``rbp.algorithm`` takes."""
-    name, *pairs = text.split(":")
-    options = {}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq:
-            raise ConfigError(f"--algorithms: {pair!r} in {text!r} is not KEY=VALUE")
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                continue
-        options[key.strip()] = value
-    algorithm(name.strip(), **options)          # one line naming what is wrong, before anything runs
-    return name.strip(), options
 
 
 class _FlopCount(torch.overrides.TorchFunctionMode):

@@ -696,3 +696,22 @@ def _check_blocks(alg: Algorithm):
 
 def _adaptive_names():
     return [n for n, a in ALGORITHMS.items() if a.adaptive]
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``"srbp:skip_projection=shared"`` -> ("srbp", {"skip_projection": "shared"}); options as ``rbp.algorithm`` takes."""
+    name, *pairs = text.split(":")
+    options = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise ConfigError(f"{pair!r} in {text!r} is not KEY=VALUE (e.g. srbp:skip_projection=shared)")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        options[key.strip()] = value
+    algorithm(name.strip(), **options)          # one line naming what is wrong, before anything runs
+    return name.strip(), options

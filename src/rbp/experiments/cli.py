@@ -60,7 +60,8 @@ def register(sub):
     c.add_argument("--sizes", default="784,100,100,100,100,10",
                    help="layer sizes N_0,...,N_L, input first (default: the paper's MNIST network)")
     c.add_argument("--algorithm", "-a", default=None,
-                   help="one algorithm of `rbp algorithms` (default: paper 1's bp sbp rbp srbp arbp asrbp top)")
+                   help="one algorithm of `rbp algorithms`, options after colons as `rbp bench` takes them "
+                        "(srbp:skip_projection=shared); default: paper 1's bp sbp rbp srbp arbp asrbp top")
     c.add_argument("--no-derivative", action="store_true", help="the \"no f'\" variant")
     c.add_argument("--backward-hidden", default=None, metavar="B1,...,Bm",
                    help="hidden sizes of a distinct backward network (paper 2; with --algorithm distinct/adistinct)")
@@ -168,8 +169,11 @@ def _cmd_cost(args) -> int:
         except ValueError:
             raise ConfigError(f"--backward-hidden expects comma-separated integers, got {args.backward_hidden!r}") \
                 from None
-    from ..channel.algorithm import algorithm
-    rows = [cost(sizes, algorithm(n, **(opts if n != "top" else {}))) for n in names]
+    from ..channel.algorithm import algorithm, parse_variant
+    rows = []
+    for text in names:
+        n, given = parse_variant(text)
+        rows.append(cost(sizes, algorithm(n, **{**(opts if n != "top" else {}), **given})))
     if args.json:
         print(json.dumps({"sizes": sizes, "per": "example", "algorithms": rows}))
         return 0
