@@ -1,4 +1,5 @@
-"""rbp.convert's options on zoo models (docs/zoo.md): tied embeddings, targets= / exclude=, bf16 autocast.
+"""rbp.convert's options on zoo models (docs/zoo.md): tied embeddings, targets= / exclude=, bf16 autocast,
+torch.compile.
 
 The models are zoo_models' specs; each test skips without the library it needs.
 """
@@ -235,3 +236,32 @@ def test_bf16_autocast_bp_follows_autograd_and_rbp_trains(name):
         first = loss.item() if first is None else first
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert _loss(m, inputs, targets).item() < first
+
+
+# ------------------------------------------------------------------------------------------ torch.compile
+
+# each library's attention or conv blocks with each route: chained (rbp), skipped (srbp), adaptive (kp); every
+# model and algorithm was checked once (15 pairs, 2026-12-08), these keep the suite's time down
+COMPILED = [("hf-gpt2", "rbp"), ("hf-gpt2", "srbp"), ("hf-bert", "srbp"), ("hf-llama", "kp"),
+            ("timm-vit_tiny", "rbp"), ("tv-mobilenet_v3-tiny", "srbp"), ("tv-mobilenet_v3-tiny", "kp")]
+
+
+@pytest.mark.parametrize("name,alg", COMPILED, ids=[f"{n}-{a}" for n, a in COMPILED])
+def test_fullgraph_compile_gives_the_eager_gradients(name, alg):
+    """torch.compile(fullgraph=True) of a converted zoo model (one graph: a break would fail) computes the
+    eager channel's gradients.  aot_eager: dynamo and AOTAutograd, the parts that see the channel."""
+    spec = _spec(name)
+    model, inputs, targets, _, _ = C.plain(spec, torch.float32)
+    eager = rbp.convert(copy.deepcopy(model), alg, seed=1, example_input=inputs)
+    comp = rbp.convert(copy.deepcopy(model), alg, seed=1, example_input=inputs)
+    _grads(comp, inputs, targets)            # one eager pass: the channel notes its output layer
+    torch._dynamo.reset()
+    compiled = torch.compile(comp, fullgraph=True, backend="aot_eager")
+    want = _grads(eager, inputs, targets)
+    comp.zero_grad(set_to_none=True)
+    _loss(compiled, inputs, targets).backward()
+    got = {n: p.grad for n, p in comp.named_parameters() if p.grad is not None}
+    assert set(got) == set(want)
+    for n, g in want.items():
+        scale = g.abs().max().item() + 1e-12
+        assert (got[n] - g).abs().max().item() <= 1e-4 * scale, n
