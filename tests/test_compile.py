@@ -228,3 +228,17 @@ def test_the_skipped_route_needs_one_eager_pass_first():
     torch._dynamo.reset()
     _train(m, m, x, y, 1)                      # one eager step: now it compiles
     _train(m, torch.compile(m, fullgraph=True, backend="aot_eager"), x, y, 1)
+
+
+@pytest.mark.parametrize("alg,options", [("sbp", {}), ("rbp", {"dropout": 0.3})])
+def test_without_fullgraph_a_refused_channel_runs_eager_and_gives_its_update(alg, options):
+    """What the compiled driver refuses is a graph break without fullgraph=True: dynamo runs those sites
+    eagerly, and the update (channel dropout's draws included) is the eager one."""
+    eager, comp, x, y = _pair("mlp", alg, **options)
+    for m in (eager, comp):
+        _train(m, m, x, y, 1)
+    torch._dynamo.reset()
+    compiled = torch.compile(comp, backend="aot_eager")
+    _train(eager, eager, x, y, 2)
+    _train(comp, compiled, x, y, 2)
+    _compare(eager, comp, atol=1e-7)
